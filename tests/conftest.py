@@ -1,0 +1,117 @@
+"""Shared fixtures: the real Snakemake CLI on a session work directory, the bundled
+model prepared once per session, and a lock that serializes vLLM engines (on two
+CPU cores, two engines at once would only slow each other down)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+VENV_BIN = Path(sys.executable).parent
+SNAKEMAKE = str(VENV_BIN / "snakemake")
+VLLM_LOCK = "/tmp/confagg-vllm.lock"
+
+# Config layers of a test pipeline run: the full-scale config, the embedded
+# default's overlay, and the tiny test overlay.
+BASE_CONFIGS = [
+    REPO / "config.yaml",
+    REPO / "profiles" / "local" / "embedded.yaml",
+    REPO / "tests" / "test_config.yaml",
+]
+
+# Nothing in the tests may reach a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+class _FileLock:
+    def __init__(self, path: str):
+        self.path = path
+        self.fd = None
+
+    def __enter__(self):
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+@pytest.fixture
+def vllm_lock():
+    """Hold the machine-wide vLLM lock for the duration of a test."""
+    with _FileLock(VLLM_LOCK):
+        yield
+
+
+def run_snakemake(workdir: Path, *args: str, configfiles=None, check: bool = True,
+                  profile: str | None = "local", timeout: float = 1800,
+                  env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real Snakemake CLI on this repo's Snakefile in `workdir`.
+
+    Returns the completed process (stdout and stderr merged into .stdout). With
+    check=True a non-zero exit fails the test and shows the output's tail.
+    """
+    cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
+    if profile:
+        cmd += ["--profile", str(REPO / "profiles" / profile)]
+    files = BASE_CONFIGS if configfiles is None else configfiles
+    if files:
+        cmd += ["--configfile", *map(str, files)]
+    cmd += list(args)
+    full_env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+                **(env or {})}
+    with _FileLock(VLLM_LOCK):
+        proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=timeout, env=full_env)
+    if check and proc.returncode != 0:
+        pytest.fail(f"snakemake {' '.join(args)} exited {proc.returncode}:\n"
+                    f"{proc.stdout[-6000:]}", pytrace=False)
+    return proc
+
+
+class Pipeline:
+    """The session's pipeline work directory: targets built once, shared by tests."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+
+    def run(self, *targets: str, **kw) -> subprocess.CompletedProcess:
+        return run_snakemake(self.workdir, *targets, **kw)
+
+    def path(self, rel: str) -> Path:
+        return self.workdir / rel
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory) -> Pipeline:
+    """A work directory for the tiny test config (tests/test_config.yaml). Stages build
+    on each other's outputs there, so each vLLM job of the suite runs once."""
+    return Pipeline(tmp_path_factory.mktemp("pipeline"))
+
+
+@pytest.fixture(scope="session")
+def bundled_model(pipeline) -> Path:
+    """The bundled SmolLM2-135M as a Hugging Face folder, made by the real rule once."""
+    pipeline.run("resources/models/smollm2-135m")
+    path = pipeline.path("resources/models/smollm2-135m")
+    assert (path / "config.json").exists()
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.fail(f"shared data not found at {SHARED_DATA} (expected ../shared/data beside "
+                    f"the checkout)", pytrace=False)
+    return SHARED_DATA
