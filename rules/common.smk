@@ -2,7 +2,7 @@
 import os
 import sys
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -10,13 +10,13 @@ min_version("9.0")
 # also installed into .venv, but conda job environments only see this path).
 sys.path.insert(0, os.path.join(workflow.basedir, "workflow", "scripts"))
 
-from confagg.config import check_references  # noqa: E402
+from confagg.config import validate_config  # noqa: E402
 from confagg.models import BUNDLED_MODELS, bundled_name  # noqa: E402
 
 
-# Fails before any job runs; jsonschema's message names the offending key.
-validate(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
-check_references(config)
+# Fails before any job runs, with a message that names the offending key; fills
+# in the schema's defaults.
+validate_config(config)
 
 SOLVER = config["solver"]
 AGGREGATOR = config["aggregator"]
@@ -57,7 +57,11 @@ def model_input(name):
 def model_spec(name):
     """The model's chat settings, for params (a change reruns what uses them)."""
     m = config["models"][name]
-    return {"system_prompt": m["system_prompt"], "chat_template_kwargs": m["chat_template_kwargs"]}
+    return {
+        "system_prompt": m["system_prompt"],
+        "prompt_template": m["prompt_template"],
+        "chat_template_kwargs": m["chat_template_kwargs"],
+    }
 
 
 def samples_per_problem(dataset):
@@ -67,3 +71,15 @@ def samples_per_problem(dataset):
 
 def dataset_file(dataset):
     return f"resources/datasets/{dataset}.jsonl"
+
+
+def dataset_source_input(wildcards):
+    """A local source file is an input, so editing it reruns the normalization."""
+    source = config["datasets"][wildcards.dataset]["source"]
+    return [source[len("file:") :]] if source.startswith("file:") else []
+
+
+def normalization_spec(dataset):
+    """Only the keys that change the normalized rows (n_samples does not)."""
+    keys = ("source", "split", "subset", "fields", "on_bad_rows", "limit", "builtin")
+    return {k: config["datasets"][dataset][k] for k in keys}

@@ -2,18 +2,6 @@
 # bundled model turned into a Hugging Face folder.
 
 
-def dataset_source_input(wildcards):
-    """A local source file is an input, so editing it reruns the normalization."""
-    source = config["datasets"][wildcards.dataset]["source"]
-    return [source[len("file:") :]] if source.startswith("file:") else []
-
-
-def normalization_spec(dataset):
-    """Only the keys that change the normalized rows (n_samples does not)."""
-    keys = ("source", "split", "subset", "fields", "on_bad_rows", "limit", "builtin")
-    return {k: config["datasets"][dataset][k] for k in keys}
-
-
 rule prepare_dataset:
     input:
         dataset_source_input,
@@ -25,6 +13,8 @@ rule prepare_dataset:
         "logs/data/prepare_dataset/{dataset}.log",
     benchmark:
         "benchmarks/data/prepare_dataset/{dataset}.tsv"
+    conda:
+        "../envs/cpu.yaml"
     script:
         "../workflow/scripts/prepare_dataset.py"
 
@@ -38,6 +28,8 @@ rule prepare_bundled_model:
         "logs/data/prepare_bundled_model/{bundled}.log",
     benchmark:
         "benchmarks/data/prepare_bundled_model/{bundled}.tsv"
+    conda:
+        "../envs/cpu.yaml"
     script:
         "../workflow/scripts/prepare_bundled_model.py"
 

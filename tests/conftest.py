@@ -65,10 +65,10 @@ def run_snakemake(workdir: Path, *args: str, configfiles=None, check: bool = Tru
     cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
     if profile:
         cmd += ["--profile", str(REPO / "profiles" / profile)]
-    files = BASE_CONFIGS if configfiles is None else configfiles
-    if files:
-        cmd += ["--configfile", *map(str, files)]
     cmd += list(args)
+    files = BASE_CONFIGS if configfiles is None else configfiles
+    if files:  # last: --configfile takes every following word
+        cmd += ["--configfile", *map(str, files)]
     full_env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
                 **(env or {})}
     with _FileLock(VLLM_LOCK):

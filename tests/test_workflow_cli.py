@@ -1,0 +1,128 @@
+"""The real Snakemake CLI: config validation, dry-run DAGs, lint, and the data rules."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+from conftest import BASE_CONFIGS, REPO, run_snakemake
+
+from confagg.config import ConfigError, load_config
+
+
+def overlay(tmp_path, name, data) -> list:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return [*BASE_CONFIGS, path]
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"generation": {"n": "many"}}, "config key 'generation.n': 'many' is not of type 'integer'"),
+    ({"generation": {"temprature": 0.7}},
+     "config key 'generation': Additional properties are not allowed ('temprature' was "
+     "unexpected)"),
+    ({"datasets": {"extra": {"split": "test"}}},
+     "config key 'datasets.extra': 'source' is a required property"),
+    ({"datasets": {"extra": {"source": "ftp://x"}}},
+     "config key 'datasets.extra.source': 'ftp://x' does not match"),
+    ({"benchmarks": ["arith_test", "nope"]},
+     "config key 'benchmarks[1]': dataset 'nope' is not defined under 'datasets'"),
+    ({"solver": "gpt-9"}, "config key 'solver': model 'gpt-9' is not defined under 'models'"),
+])
+def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, data, message):
+    proc = run_snakemake(tmp_path, "-n", configfiles=overlay(tmp_path, "bad.yaml", data),
+                         check=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout, proc.stdout[-2000:]
+    assert not (tmp_path / "resources").exists()
+
+
+def test_schema_defaults_fill_the_config():
+    cfg = load_config(REPO / "config.yaml")
+    assert cfg["generation"]["top_p"] == 0.95 and cfg["generation"]["top_k"] == 20
+    assert cfg["generation"]["min_p"] == 0.0 and cfg["generation"]["logprobs"] == 20
+    assert cfg["generation"]["shards"] == 4
+    assert cfg["datasets"]["deepscaler"]["fields"] == {"id": None, "problem": "problem",
+                                                      "answer": "answer"}
+    assert cfg["models"]["qwen3-1.7b"]["chat_template_kwargs"] == {"enable_thinking": True}
+    assert cfg["models"]["qwen2.5-1.5b"]["path"] == "Qwen/Qwen2.5-1.5B-Instruct"
+
+
+def test_missing_required_key_is_named(tmp_path):
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    del cfg["solver"]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="config key '<top level>': 'solver' is a required "
+                                          "property"):
+        load_config(tmp_path / "c.yaml")
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run as {rule: count}."""
+    table = output.split("Job stats:")[1]
+    return {m.group(1): int(m.group(2))
+            for m in re.finditer(r"^(\w+)\s+(\d+)$", table, flags=re.M) if m.group(1) != "total"}
+
+
+def test_gpu4_dry_run_prints_the_full_scale_dag_without_a_gpu(tmp_path):
+    proc = run_snakemake(tmp_path, "-n", profile="gpu4", configfiles=[])
+    counts = job_counts(proc.stdout)
+    # deepscaler + the four benchmarks, each normalized once, from the Hub.
+    assert counts["prepare_dataset"] == 5
+    assert "prepare_bundled_model" not in counts  # Hub models need no preparation rule
+    for name in ("deepscaler", "aime24", "aime25", "hmmt24", "hmmt25"):
+        assert f"resources/datasets/{name}.jsonl" in proc.stdout
+
+
+def test_rulegraph_and_dag_render(tmp_path):
+    proc = run_snakemake(tmp_path, "--rulegraph", profile=None)
+    assert "digraph snakemake_dag" in proc.stdout
+    assert 'label = "prepare_dataset"' in proc.stdout
+    assert 'label = "prepare_bundled_model"' in proc.stdout
+    proc = run_snakemake(tmp_path, "--dag", profile=None)
+    assert "digraph snakemake_dag" in proc.stdout
+
+
+def test_lint_is_clean(tmp_path):
+    proc = run_snakemake(tmp_path, "--lint", profile=None, check=False)
+    assert proc.returncode == 0, proc.stdout
+    assert "Congratulations, your workflow is in a good condition!" in proc.stdout, proc.stdout
+
+
+def test_prepare_dataset_rule_on_shared_files_and_bad_rows(tmp_path, shared_data):
+    """A bad dataset fails its own job with the file/row/field in the log; the good
+    dataset finished beside it stays."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"problem": "p", "answer": 27.0}) + "\n")
+    files = overlay(tmp_path, "o.yaml", {"datasets": {
+        "hmmt25": {"source": f"file:{shared_data}/benchmarks/hmmt_feb_2025.jsonl",
+                   "fields": {"id": "id"}},
+        "mathtrain": {"source": f"file:{shared_data}/train/math_train.jsonl",
+                      "on_bad_rows": "skip"},
+        "broken": {"source": f"file:{bad}"},
+    }})
+    run_snakemake(tmp_path, "resources/datasets/hmmt25.jsonl",
+                  "resources/datasets/mathtrain.jsonl", configfiles=files)
+    rows = [json.loads(line) for line in open(tmp_path / "resources/datasets/hmmt25.jsonl")]
+    assert len(rows) == 30 and rows[16]["answer"] == r"2^{25} \cdot 26!"
+    log = (tmp_path / "logs/data/prepare_dataset/mathtrain.log").read_text()
+    assert "kept 7470 rows, skipped 4 (2 answer is missing, 2 answer is empty)" in log
+
+    proc = run_snakemake(tmp_path, "resources/datasets/broken.jsonl", configfiles=files,
+                         check=False)
+    assert proc.returncode != 0
+    log = (tmp_path / "logs/data/prepare_dataset/broken.log").read_text()
+    assert f"{bad}, row 1, field 'answer': answer is not a string (float 27.0)" in log
+    assert not (tmp_path / "resources/datasets/broken.jsonl").exists()
+    assert (tmp_path / "resources/datasets/hmmt25.jsonl").exists()
+
+
+def test_bundled_model_rule_makes_a_plain_hf_folder(bundled_model):
+    cfg = json.loads((bundled_model / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLM"]
+    assert "quantization_config" not in cfg
+    assert (bundled_model / "model.safetensors").stat().st_size > 500e6  # float32, 134.5M
+    tok_cfg = (bundled_model / "chat_template.jinja").read_text()
+    assert "<|im_start|>" in tok_cfg
