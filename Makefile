@@ -8,7 +8,7 @@ FLAVOUR := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu
 STAMP := $(VENV)/.setup-$(FLAVOUR)
 OPENRLHF_TARGET := $(VENV)/openrlhf-0.11.2
 
-.PHONY: setup run test lint dry-run clean-results
+.PHONY: setup run test lint dry-run install-profiles clean-results
 
 setup: $(STAMP)
 
@@ -35,10 +35,18 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/snakemake --lint --configfile config.yaml profiles/local/embedded.yaml
+	$(VENV)/bin/snakemake --lint
 
 dry-run: setup
 	$(VENV)/bin/snakemake --profile profiles/gpu4 -n
+
+# Snakemake finds named profiles (`--profile gpu4`) in the working directory and in
+# $$XDG_CONFIG_HOME/snakemake; link ours there so the short names work anywhere.
+PROFILE_HOME := $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake
+install-profiles:
+	mkdir -p $(PROFILE_HOME)
+	for p in local gpu4 slurm; do ln -sfn $(CURDIR)/profiles/$$p $(PROFILE_HOME)/$$p; done
+	@echo "profiles linked in $(PROFILE_HOME): use --profile local|gpu4|slurm from this folder"
 
 clean-results:
 	rm -rf results logs benchmarks
