@@ -83,3 +83,10 @@ def normalization_spec(dataset):
     """Only the keys that change the normalized rows (n_samples does not)."""
     keys = ("source", "split", "subset", "fields", "on_bad_rows", "limit", "builtin")
     return {k: config["datasets"][dataset][k] for k in keys}
+
+
+def sampling_settings(wildcards=None):
+    """The sampling parameters a generation job uses (its params: changing one reruns it)."""
+    g = config["generation"]
+    keys = ("temperature", "top_p", "top_k", "min_p", "max_tokens", "logprobs", "seed")
+    return {k: g[k] for k in keys}

@@ -1,0 +1,301 @@
+"""Answer extraction and math-verify grading that no input can hang.
+
+math-verify's own timeouts use `signal.alarm`, which only works in a process's main
+thread, and some inputs hang regardless (upstream issues #50, #55, #65). So every
+parse and verify runs in worker processes that the parent kills and replaces when
+an item exceeds its time limit. Results are cached per (gold, answer) pair: many
+samples of one problem share an answer string.
+
+Convention: the gold answer is always parsed first (`verify(gold, pred)`, which is
+asymmetric), and both sides are wrapped in ``\\boxed{}`` so that bare LaTeX such as
+``0,i\\sqrt{6},-i\\sqrt{6}`` is parsed as one expression.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("ok", "no_answer", "timeout", "error")
+_CHUNK = 32  # items sent to a worker at once; small enough that a kill loses little
+
+
+@dataclass(frozen=True)
+class Grade:
+    correct: bool
+    status: str  # one of STATUSES
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} (or \\fbox{...}), braces matched; None if absent."""
+    best = None
+    for macro in ("\\boxed", "\\fbox"):
+        pos = text.rfind(macro)
+        if pos > (best[0] if best else -1):
+            best = (pos, macro)
+    if best is None:
+        return None
+    i = best[0] + len(best[1])
+    while i < len(text) and text[i] == " ":
+        i += 1
+    if i >= len(text) or text[i] != "{":
+        return None
+    depth, start = 0, i + 1
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                content = text[start:j].strip()
+                return content or None
+    return None  # unbalanced: the answer was cut off
+
+
+# ----------------------------------------------------------------------------- worker side
+
+def _parse(text: str, *, boxed: bool):
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+
+    src = f"\\boxed{{{text}}}" if boxed else text
+    return parse(src, extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()],
+                 parsing_timeout=None)
+
+
+def _do(kind: str, a: str, b: str | None):
+    """One unit of work, in a worker process. Returns a picklable result."""
+    from math_verify import verify
+
+    if kind == "extract":
+        parsed = _parse(a, boxed=False)
+        return str(parsed[-1]) if parsed else None
+    if kind == "grade":
+        gold, pred = _parse(a, boxed=True), _parse(b, boxed=True)
+        if not gold:
+            raise ValueError(f"gold answer {a!r} does not parse")
+        if not pred:
+            return False
+        return bool(verify(gold, pred, timeout_seconds=None))
+    if kind == "equiv":
+        x, y = _parse(a, boxed=True), _parse(b, boxed=True)
+        return bool(x and y and verify(x, y, timeout_seconds=None))
+    raise ValueError(f"unknown task kind {kind}")
+
+
+def _worker_main(conn) -> None:
+    import logging as _logging
+
+    _logging.disable(_logging.WARNING)  # math-verify warns on every unparsable string
+    while True:
+        try:
+            batch = conn.recv()
+        except EOFError:
+            return
+        for key, kind, a, b in batch:
+            try:
+                conn.send((key, "ok", _do(kind, a, b)))
+            except Exception as exc:  # a bad input is a result, not a crash
+                conn.send((key, "error", f"{type(exc).__name__}: {exc}"))
+
+
+class _Worker:
+    def __init__(self, ctx):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child,), daemon=True)
+        self.proc.start()
+        child.close()
+        self.pending: deque = deque()
+        self.deadline = float("inf")
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.join()
+        self.conn.close()
+
+
+# ----------------------------------------------------------------------------- parent side
+
+class Grader:
+    """A pool of math-verify workers with a hard per-item timeout and a result cache.
+
+    Use as a context manager (or call close()). Not thread-safe.
+    """
+
+    def __init__(self, workers: int = 2, timeout_s: float = 5.0):
+        self.n_workers = max(1, workers)
+        self.timeout_s = timeout_s
+        self._ctx = mp.get_context("spawn")  # safe beside torch/vLLM threads
+        self._workers: list[_Worker] = []
+        self._cache: dict[tuple, object] = {}
+        self.stats = {"computed": 0, "cache_hits": 0, "timeouts": 0, "errors": 0}
+
+    def __enter__(self) -> Grader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for w in self._workers:
+            w.kill()
+        self._workers = []
+
+    def _run(self, tasks: list[tuple[str, str, str | None]], progress: str | None = None) -> dict:
+        """Compute the uncached tasks; returns {task: (status, value)} for all of them."""
+        todo = deque(t for t in dict.fromkeys(tasks) if t not in self._cache)
+        self.stats["cache_hits"] += len(tasks) - len(todo)
+        bar = None
+        if progress and todo:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(todo), desc=progress, unit="item", mininterval=2)
+        while len(self._workers) < min(self.n_workers, len(todo)):
+            self._workers.append(_Worker(self._ctx))
+        busy: dict = {}
+        while todo or busy:
+            for w in self._workers:  # feed idle workers
+                if w.conn not in busy and todo:
+                    batch = [todo.popleft() for _ in range(min(_CHUNK, len(todo)))]
+                    w.pending.extend(batch)
+                    w.conn.send([(t, *t) for t in batch])
+                    w.deadline = time.monotonic() + self.timeout_s
+                    busy[w.conn] = w
+            if not busy:
+                break
+            now = time.monotonic()
+            ready = wait(list(busy), timeout=max(0.0, min(w.deadline for w in busy.values()) - now))
+            for conn in ready:
+                w = busy[conn]
+                try:
+                    key, status, value = conn.recv()
+                except (EOFError, OSError):  # the worker died (e.g. out of memory)
+                    self._fail_head(w, "error", "worker process died")
+                    self._replace(w, busy)
+                    continue
+                w.pending.remove(key)
+                self._store(key, status, value)
+                if bar:
+                    bar.update()
+                w.deadline = time.monotonic() + self.timeout_s
+                if not w.pending:
+                    del busy[conn]
+            now = time.monotonic()
+            for w in [w for w in busy.values() if w.deadline <= now]:
+                self._fail_head(w, "timeout", None)
+                if bar:
+                    bar.update()
+                todo.extendleft(reversed(w.pending))  # the rest of its batch goes back
+                w.pending.clear()
+                self._replace(w, busy)
+        if bar:
+            bar.close()
+        return {t: self._cache[t] for t in tasks}
+
+    def _fail_head(self, w: _Worker, status: str, value) -> None:
+        key = w.pending.popleft()
+        self._store(key, status, value)
+        if status == "timeout":
+            log.warning("math-verify timed out after %.1fs on %r", self.timeout_s, key[1:])
+
+    def _replace(self, w: _Worker, busy: dict) -> None:
+        busy.pop(w.conn, None)
+        w.kill()
+        self._workers[self._workers.index(w)] = _Worker(self._ctx)
+
+    def _store(self, key, status: str, value) -> None:
+        self._cache[key] = (status, value)
+        self.stats["computed"] += 1
+        if status == "timeout":
+            self.stats["timeouts"] += 1
+        elif status == "error":
+            self.stats["errors"] += 1
+
+    # -- public API --------------------------------------------------------------------
+
+    def extract(self, texts: Sequence[str], progress: str | None = None) -> list[str | None]:
+        """extract_answer for many texts: the boxed answer, else math-verify's extraction."""
+        out: list[str | None] = [last_boxed(t) for t in texts]
+        tasks = [("extract", t, None) for t, a in zip(texts, out) if a is None and t.strip()]
+        results = self._run(tasks, progress)
+        it = iter(tasks)
+        for i, (t, a) in enumerate(zip(texts, out)):
+            if a is None and t.strip():
+                status, value = results[next(it)]
+                out[i] = value if status == "ok" else None
+        return out
+
+    def grade(self, items: Sequence[tuple[str, str | None]],
+              progress: str | None = None) -> list[Grade]:
+        """Grade (gold, answer) pairs. No answer: no_answer; timeout/error: not correct."""
+        tasks = [("grade", g, a) for g, a in items if a is not None]
+        results = self._run(tasks, progress)
+        grades = []
+        for gold, ans in items:
+            if ans is None:
+                grades.append(Grade(False, "no_answer"))
+                continue
+            status, value = results[("grade", gold, ans)]
+            grades.append(Grade(bool(value) if status == "ok" else False, status))
+        return grades
+
+    def equivalent(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:
+        """Whether two answers are the same mathematical object (a timeout counts as not)."""
+        tasks = [("equiv", a, b) for a, b in pairs if a != b]
+        results = self._run(tasks)
+        out = []
+        for a, b in pairs:
+            if a == b:
+                out.append(True)
+            else:
+                status, value = results[("equiv", a, b)]
+                out.append(status == "ok" and bool(value))
+        return out
+
+
+def extract_answer(text: str, timeout_s: float = 5.0) -> str | None:
+    """The last \\boxed{} content, else math-verify's extraction, else None."""
+    boxed = last_boxed(text)
+    if boxed is not None or not text.strip():
+        return boxed
+    with Grader(workers=1, timeout_s=timeout_s) as g:
+        return g.extract([text])[0]
+
+
+def verify_one(gold: str, answer: str | None, timeout_s: float = 5.0) -> Grade:
+    """Grade one answer in a fresh worker with a hard timeout. Never raises."""
+    if answer is None:
+        return Grade(False, "no_answer")
+    try:
+        with Grader(workers=1, timeout_s=timeout_s) as g:
+            return g.grade([(gold, answer)])[0]
+    except Exception as exc:  # noqa: BLE001 (callers such as the reward must not see one)
+        log.warning("grading failed: %s", exc)
+        return Grade(False, "error")
+
+
+def cluster_answers(answers: Sequence[str | None], grader: Grader) -> np.ndarray:
+    """Group answers by mathematical equivalence: int32 cluster ids in order of first
+    appearance, -1 for no answer. Identical strings never need math-verify; each new
+    distinct string is compared with one representative of every cluster so far."""
+    ids = np.full(len(answers), -1, dtype=np.int32)
+    reps: list[str] = []
+    of_string: dict[str, int] = {}
+    for i, a in enumerate(answers):
+        if a is None:
+            continue
+        if a not in of_string:
+            same = grader.equivalent([(r, a) for r in reps]) if reps else []
+            of_string[a] = next((c for c, eq in enumerate(same) if eq), len(reps))
+            if of_string[a] == len(reps):
+                reps.append(a)
+        ids[i] = of_string[a]
+    return ids
