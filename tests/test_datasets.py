@@ -7,7 +7,6 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from confagg.builtin_arith import generate_problems
 from confagg.datasets import load_dataset_rows
 from confagg.io import DataError, read_jsonl

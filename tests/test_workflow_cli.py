@@ -7,9 +7,8 @@ import re
 
 import pytest
 import yaml
-from conftest import BASE_CONFIGS, REPO, run_snakemake
-
 from confagg.config import ConfigError, load_config
+from conftest import BASE_CONFIGS, REPO, run_snakemake
 
 
 def overlay(tmp_path, name, data) -> list:

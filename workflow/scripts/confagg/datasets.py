@@ -82,9 +82,9 @@ def _iter_hub_rows(spec: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]
     try:
         ds = datasets.load_dataset(path, name=spec.get("subset"), split=spec.get("split", "train"))
     except Exception as exc:  # the loader raises many kinds; say which dataset failed
-        raise DataError(spec["source"], f"could not load dataset: {type(exc).__name__}: {exc}")
-    for i, rec in enumerate(ds, start=1):
-        yield i, rec
+        raise DataError(spec["source"],
+                        f"could not load dataset: {type(exc).__name__}: {exc}") from exc
+    yield from enumerate(ds, start=1)
 
 
 def _as_text(value: Any, *, allow_int: bool) -> str | None:

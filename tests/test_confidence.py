@@ -1,0 +1,75 @@
+"""DeepConf statistics: the vectorized code against a plain per-token reference."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from confagg.confidence import (
+    group_confidence,
+    token_confidence,
+    token_confidence_flat,
+    trace_stats,
+)
+
+
+def reference_token_conf(topk):
+    return [-sum(row) / len(row) for row in topk]
+
+
+def reference_stats(conf, window, bottom_frac=0.1):
+    w = min(window, len(conf))
+    groups = [sum(conf[i:i + w]) / w for i in range(len(conf) - w + 1)]
+    low = sorted(groups)[:max(1, math.ceil(bottom_frac * len(groups)))]
+    return {"conf_mean": sum(conf) / len(conf),
+            "conf_tail": sum(conf[-w:]) / w,
+            "conf_bottom10": sum(low) / len(low),
+            "conf_lowest_group": min(groups)}
+
+
+def test_token_confidence_by_hand():
+    topk = np.array([[-0.1, -2.0, -3.9], [-1.0, -1.0, -1.0]])
+    assert token_confidence(topk).tolist() == pytest.approx([2.0, 1.0])
+    # an impossible token (-inf) does not turn the confidence infinite
+    assert np.isfinite(token_confidence(np.array([[-0.5, -np.inf]]))).all()
+
+
+def test_stats_by_hand_window_3():
+    conf = [5.0, 1.0, 3.0, 4.0, 2.0]
+    # windows: (5,1,3)=3, (1,3,4)=8/3, (3,4,2)=3
+    s = trace_stats(np.array(conf), window=3, bottom_frac=0.1)
+    assert s["conf_mean"] == pytest.approx(3.0)
+    assert s["conf_tail"] == pytest.approx(3.0)
+    assert s["conf_lowest_group"] == pytest.approx(8 / 3)
+    assert s["conf_bottom10"] == pytest.approx(8 / 3)  # ceil(0.1 * 3) = 1 window
+
+
+def test_short_trace_uses_its_whole_length():
+    s = trace_stats(np.array([2.0, 4.0]), window=2048)
+    assert s == pytest.approx({"conf_mean": 3.0, "conf_tail": 3.0, "conf_bottom10": 3.0,
+                               "conf_lowest_group": 3.0})
+    assert all(math.isnan(v) for v in trace_stats(np.array([]), window=4).values())
+
+
+@pytest.mark.parametrize("length, window, frac", [(1, 5, 0.1), (7, 3, 0.1), (50, 8, 0.25),
+                                                  (200, 16, 0.1), (33, 33, 0.5)])
+def test_vectorized_matches_reference(length, window, frac):
+    rng = np.random.default_rng(length)
+    topk = -rng.exponential(2.0, size=(length, 20))
+    conf = token_confidence(topk)
+    assert conf.tolist() == pytest.approx(reference_token_conf(topk.tolist()))
+    assert trace_stats(conf, window=window, bottom_frac=frac) == pytest.approx(
+        reference_stats(conf.tolist(), window, frac))
+    w = min(window, length)
+    assert group_confidence(conf, window).shape == (length - w + 1,)
+
+
+def test_flat_layout_drops_the_sampled_token_outside_the_top_k():
+    # position 0: top-2 entries plus the sampled token at rank 7 (not counted)
+    # position 1: exactly the top-2
+    logprobs = np.array([-0.5, -1.5, -6.0, -0.2, -2.2])
+    ranks = np.array([1, 2, 7, 1, 2])
+    starts, ends = np.array([0, 3]), np.array([3, 5])
+    conf = token_confidence_flat(logprobs, ranks, starts, ends, k=2)
+    assert conf.tolist() == pytest.approx([1.0, 1.2])

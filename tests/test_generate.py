@@ -1,0 +1,193 @@
+"""Stage 1 for real: vLLM on the CPU with the bundled model, through the Snakemake rules."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from confagg.generation import (
+    SAMPLE_SCHEMA,
+    check_model_path,
+    generate_shard,
+    grade_samples,
+    merge_shards,
+    rows_table,
+)
+from confagg.io import DataError, write_jsonl
+from conftest import BASE_CONFIGS, REPO, SNAKEMAKE, VLLM_LOCK, _FileLock, run_snakemake
+
+MODEL = "smollm2-135m"
+TRAIN = f"results/generate/{MODEL}/arith_train"
+
+
+@pytest.fixture(scope="module")
+def train_samples(pipeline, bundled_model):
+    pipeline.run(f"{TRAIN}/samples.parquet")
+    return pq.read_table(pipeline.path(f"{TRAIN}/samples.parquet"))
+
+
+def test_samples_schema_and_invariants(train_samples, pipeline):
+    t = train_samples
+    expected = {"problem_id", "sample_idx", "text", "final_text", "n_tokens", "finish_reason",
+                "answer", "correct", "grade_status", "conf_mean", "conf_tail", "conf_bottom10",
+                "conf_lowest_group", "token_conf", "cluster"}
+    assert set(t.schema.names) == expected
+    assert t.schema.field("token_conf").type == pa.list_(pa.float16())
+    assert t.schema.field("sample_idx").type == pa.int32()
+    rows = t.to_pylist()
+    # tests/test_config.yaml: 6 problems x 4 samples, 2 shards
+    assert len(rows) == 24
+    assert len({(r["problem_id"], r["sample_idx"]) for r in rows}) == 24
+    assert sorted({r["sample_idx"] for r in rows}) == [0, 1, 2, 3]
+    for r in rows:
+        assert len(r["token_conf"]) == r["n_tokens"] > 0
+        assert all(math.isfinite(x) for x in r["token_conf"])
+        for k in ("conf_mean", "conf_tail", "conf_bottom10", "conf_lowest_group"):
+            assert math.isfinite(r[k]) and r[k] > 0
+        assert r["conf_lowest_group"] <= r["conf_mean"] + 1e-3
+        assert r["finish_reason"] in {"stop", "length"}
+        assert r["n_tokens"] <= 48 and (r["finish_reason"] == "stop" or r["n_tokens"] == 48)
+        assert r["grade_status"] in {"ok", "no_answer", "timeout", "error"}
+        assert (r["answer"] is None) == (r["grade_status"] == "no_answer")
+        assert (r["cluster"] == -1) == (r["answer"] is None)
+        assert not (r["correct"] and r["grade_status"] != "ok")
+    # mean confidence recomputed from the stored float16 values
+    r = rows[0]
+    assert np.mean(np.array(r["token_conf"], dtype=np.float64)) == pytest.approx(
+        r["conf_mean"], rel=2e-3)
+    shards = sorted(p.name for p in pipeline.path(f"{TRAIN}/shards").iterdir())
+    assert shards == ["0.parquet", "1.parquet"]
+    summary = json.loads(pipeline.path(f"{TRAIN}/grade_summary.json").read_text())
+    assert summary["samples"] == 24 and summary["correct"] == sum(x["correct"] for x in rows)
+
+
+def test_grading_of_hand_written_samples(tmp_path):
+    dataset = tmp_path / "d.jsonl"
+    write_jsonl(dataset, [
+        {"id": "half", "problem": "p", "answer": "0.5", "source": "t"},
+        {"id": "hmmt", "problem": "p", "answer": r"\dfrac{4^{2024}}{\binom{4048}{2024}}-2",
+         "source": "t"},
+        {"id": "plain", "problem": "p", "answer": "12", "source": "t"},
+    ])
+    texts = {("half", 0): r"So $x = \boxed{\frac{1}{2}}$.",
+             ("half", 1): r"The answer is \boxed{0.25}.",
+             ("hmmt", 0): r"\boxed{\frac{4^{2024}}{\binom{4048}{2024}} - 2}",
+             ("hmmt", 1): r"\boxed{4^{2024}}",
+             ("plain", 0): "I think it is twelve, so 12",   # no box: math-verify extracts 12
+             ("plain", 1): "I cannot tell."}                # no answer at all
+    records = [{"problem_id": p, "sample_idx": i, "text": t, "final_text": t, "n_tokens": 3,
+                "finish_reason": "length" if p == "plain" else "stop", "conf_mean": 1.0,
+                "conf_tail": 1.0, "conf_bottom10": 1.0, "conf_lowest_group": 1.0,
+                "token_conf": np.ones(3)} for (p, i), t in texts.items()]
+    pq.write_table(rows_table(records), tmp_path / "merged.parquet")
+    summary = grade_samples(merged_path=str(tmp_path / "merged.parquet"),
+                            dataset_path=str(dataset), out_path=str(tmp_path / "s.parquet"),
+                            workers=1, timeout_s=5)
+    got = {(r["problem_id"], r["sample_idx"]): (r["answer"], r["correct"], r["grade_status"])
+           for r in pq.read_table(tmp_path / "s.parquet").to_pylist()}
+    assert got[("half", 0)] == (r"\frac{1}{2}", True, "ok")
+    assert got[("half", 1)] == ("0.25", False, "ok")
+    assert got[("hmmt", 0)][1:] == (True, "ok")
+    assert got[("hmmt", 1)][1:] == (False, "ok")
+    assert got[("plain", 0)] == ("12", True, "ok")
+    assert got[("plain", 1)] == (None, False, "no_answer")  # a length finish: no_answer
+    assert summary["no_answer"] == 1 and summary["correct"] == 3
+
+
+def _shard_table(pids, n, drop=None):
+    recs = [{"problem_id": p, "sample_idx": i, "text": "t", "final_text": "t", "n_tokens": 1,
+             "finish_reason": "stop", "conf_mean": 1.0, "conf_tail": 1.0, "conf_bottom10": 1.0,
+             "conf_lowest_group": 1.0, "token_conf": np.ones(1)}
+            for p in pids for i in range(n) if (p, i) != drop]
+    return rows_table(recs)
+
+
+def test_merge_names_the_problem_and_shard(tmp_path):
+    dataset = tmp_path / "d.jsonl"
+    write_jsonl(dataset, [{"id": p, "problem": "x", "answer": "1", "source": "t"}
+                          for p in ("a", "b", "c")])
+    pq.write_table(_shard_table(["a", "c"], 3), tmp_path / "0.parquet")
+    pq.write_table(_shard_table(["b"], 3, drop=("b", 1)), tmp_path / "1.parquet")
+    with pytest.raises(DataError) as err:
+        merge_shards([str(tmp_path / "0.parquet"), str(tmp_path / "1.parquet")], str(dataset), 3,
+                     str(tmp_path / "m.parquet"))
+    assert str(err.value) == (f"{tmp_path / '1.parquet'}, field 'sample_idx': problem 'b' has "
+                              "samples [0, 2], expected exactly 0..2")
+    pq.write_table(_shard_table(["b"], 3), tmp_path / "1.parquet")
+    assert merge_shards([str(tmp_path / "0.parquet"), str(tmp_path / "1.parquet")],
+                        str(dataset), 3, str(tmp_path / "m.parquet")) == 9
+    assert pq.read_table(tmp_path / "m.parquet").column("problem_id").to_pylist() == \
+        ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    with pytest.raises(DataError, match="bad.parquet: not a readable Parquet file"):
+        merge_shards([str(tmp_path / "bad.parquet")], str(dataset), 3, str(tmp_path / "m.parquet"))
+
+
+def test_bad_inputs_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="resources/models/nope: model folder not found"):
+        check_model_path("resources/models/nope")
+    check_model_path("Qwen/Qwen2.5-1.5B-Instruct")  # a Hub id passes through
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match="empty.jsonl: the dataset is empty"):
+        generate_shard(dataset_path=str(tmp_path / "empty.jsonl"), out_path="x", progress_dir="y",
+                       shard=0, n_shards=1, n=1, model_path="m", model_spec={}, vllm_cfg={},
+                       sampling={}, conf_window=8, batch_problems=1)
+    assert not (tmp_path / "y").exists()
+
+
+def test_killed_shard_resumes_without_regenerating(tmp_path, bundled_model):
+    """SIGKILL a running generate job after some batches, rerun: the finished problems
+    keep their samples (not generated again) and the merged output is complete."""
+    overlay = tmp_path / "kill.yaml"
+    overlay.write_text(yaml.safe_dump({
+        "datasets": {"arith_train": {"source": "builtin:arith",
+                                     "builtin": {"n_problems": 8, "seed": 5, "max_operands": 2,
+                                                 "max_value": 10}}},
+        "generation": {"n": 2, "shards": 1, "max_tokens": 24, "batch_problems": 1}}))
+    (tmp_path / "resources/models").mkdir(parents=True)
+    os.symlink(bundled_model, tmp_path / "resources/models" / MODEL)
+    configs = [*BASE_CONFIGS, overlay]
+    target = f"results/generate/{MODEL}/arith_train/shards/0.parquet"
+    progress = tmp_path / f"results/.progress/generate/{MODEL}/arith_train/shard0"
+    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--profile",
+           str(REPO / "profiles/local"), target, "--configfile", *map(str, configs)]
+    with _FileLock(VLLM_LOCK):
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while len(list(progress.glob("part-*.parquet"))) < 3:
+            assert proc.poll() is None, "the job ended before it could be killed"
+            assert time.monotonic() < deadline, "no progress within 300 s"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = {}
+    for part in sorted(progress.glob("part-*.parquet")):
+        for r in pq.read_table(part).to_pylist():
+            before[(r["problem_id"], r["sample_idx"])] = r["text"]
+    n_done = len({pid for pid, _ in before})
+    assert 3 <= n_done < 8
+    assert not (tmp_path / target).exists()
+
+    run_snakemake(tmp_path, "--unlock", configfiles=configs)
+    run_snakemake(tmp_path, f"results/generate/{MODEL}/arith_train/samples.parquet",
+                  configfiles=configs)
+    log = (tmp_path / f"logs/generate/{MODEL}/arith_train/shard0.log").read_text()
+    assert f"8 problems, {n_done} already finished, {8 - n_done} to generate" in log
+    final = pq.read_table(tmp_path / target).to_pylist()
+    assert len(final) == 16
+    after = {(r["problem_id"], r["sample_idx"]): r["text"] for r in final}
+    assert {k: after[k] for k in before} == before  # finished problems kept as they were
+    samples = pq.read_table(tmp_path / f"results/generate/{MODEL}/arith_train/samples.parquet")
+    assert samples.num_rows == 16
+    assert not progress.exists()  # progress is cleared once the shard is complete
+    assert SAMPLE_SCHEMA.names[0] == "problem_id"

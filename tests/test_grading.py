@@ -1,0 +1,92 @@
+"""Grading with real math-verify: extraction, gold-first verification, equivalence
+clusters, hard timeouts and the cache."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from confagg.grading import Grade, Grader, cluster_answers, extract_answer, last_boxed, verify_one
+
+
+@pytest.fixture(scope="module")
+def grader():
+    with Grader(workers=2, timeout_s=3.0) as g:
+        yield g
+
+
+@pytest.mark.parametrize("text, expected", [
+    (r"so \boxed{42}.", "42"),
+    (r"first \boxed{1} then \boxed{\frac{1}{2}}", r"\frac{1}{2}"),
+    (r"\boxed{\sqrt{\frac{a}{b}}}", r"\sqrt{\frac{a}{b}}"),
+    (r"\boxed {7}", "7"),
+    (r"\fbox{3}", "3"),
+    (r"cut off \boxed{12", None),
+    (r"empty \boxed{}", None),
+    ("no box at all", None),
+])
+def test_last_boxed(text, expected):
+    assert last_boxed(text) == expected
+
+
+def test_extraction_falls_back_to_math_verify(grader):
+    texts = [r"We get \boxed{\frac{3}{4}}.", "7 + 5 = 12, so Ben has 12 apples.", "", "no math"]
+    assert grader.extract(texts) == [r"\frac{3}{4}", "12", None, None]
+    assert extract_answer("The total is 29.") == "29"
+
+
+def test_known_truths(grader, shared_data):
+    import json
+
+    hmmt = {json.loads(line)["id"]: json.loads(line)["answer"]
+            for line in open(shared_data / "benchmarks" / "hmmt_feb_2024.jsonl")}
+    items = [
+        ("0.5", r"\frac{1}{2}"),                 # equivalent forms
+        (r"\frac{1}{2}", "0.5"),
+        ("70", "71"),                            # wrong
+        (hmmt["hmmt_feb_2024_9"], r"0, -i\sqrt{6}, i\sqrt{6}"),   # a set in another order
+        (hmmt["hmmt_feb_2024_9"], r"0, i\sqrt{6}"),                # a missing element
+        (hmmt["hmmt_feb_2024_18"], r"\frac{4^{2024}}{\binom{4048}{2024}} - 2"),
+        (r"2^{25} \cdot 26!", r"26! \cdot 2^{25}"),
+        ("3", None),                             # a missing box and no extraction
+    ]
+    assert grader.grade(items) == [
+        Grade(True, "ok"), Grade(True, "ok"), Grade(False, "ok"), Grade(True, "ok"),
+        Grade(False, "ok"), Grade(True, "ok"), Grade(True, "ok"), Grade(False, "no_answer")]
+
+
+def test_non_ascii_and_garbage_answers_do_not_crash(grader):
+    grades = grader.grade([("5", "cinq ✓ 答案"), ("5", "}{"), ("5", r"5 \text{ élèves}")])
+    assert [g.status for g in grades] == ["ok", "ok", "ok"]
+    assert [g.correct for g in grades] == [False, False, True]
+
+
+def test_pathological_input_times_out_within_the_limit():
+    with Grader(workers=1, timeout_s=2.0) as g:
+        start = time.monotonic()
+        grades = g.grade([("1", "10^{10^{10^{10^{10^{10}}}}}"), ("2", "2")])
+        elapsed = time.monotonic() - start
+    assert grades == [Grade(False, "timeout"), Grade(True, "ok")]
+    assert elapsed < 2.0 + 8.0  # the limit plus a worker restart, never a hang
+    assert g.stats["timeouts"] == 1
+
+
+def test_cache_computes_each_pair_once():
+    with Grader(workers=1, timeout_s=5.0) as g:
+        items = [("12", "12"), ("12", "13"), ("12", "12.0")] * 50
+        grades = g.grade(items)
+        assert g.stats["computed"] == 3 and g.stats["cache_hits"] == 147
+        assert [x.correct for x in grades[:3]] == [True, False, True]
+        g.grade([("12", "13")])
+        assert g.stats["computed"] == 3
+
+
+def test_clusters_group_equivalent_forms(grader):
+    answers = ["1/2", "0.5", None, r"\frac{1}{2}", "3", "3.0", "x", "0.5"]
+    assert cluster_answers(answers, grader).tolist() == [0, 0, -1, 0, 1, 1, 2, 0]
+
+
+def test_verify_one_never_raises():
+    assert verify_one("4", r"\boxed{4}".replace(r"\boxed{", "").rstrip("}")) == Grade(True, "ok")
+    assert verify_one("4", None) == Grade(False, "no_answer")
+    assert verify_one("1", "10^{10^{10^{10^{10^{10}}}}}", timeout_s=1.0).status == "timeout"
