@@ -1,0 +1,70 @@
+# Stage 2, curate: per-problem statistics, the confidence scale, and the
+# aggregator's hard/easy training sets with their prompts.
+
+
+rule problem_stats:
+    input:
+        "results/generate/{model}/{dataset}/samples.parquet",
+    output:
+        "results/curate/{model}/{dataset}/problems.parquet",
+    params:
+        metric=config["curation"]["confidence_metric"],
+    log:
+        "logs/curate/{model}/{dataset}/problem_stats.log",
+    benchmark:
+        "benchmarks/curate/{model}/{dataset}/problem_stats.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        "../workflow/scripts/curate_problem_stats.py"
+
+
+rule calibrate_confidence:
+    input:
+        "results/generate/{model}/{dataset}/samples.parquet",
+    output:
+        "results/curate/{model}/{dataset}/calibration.json",
+    params:
+        metric=config["curation"]["confidence_metric"],
+    log:
+        "logs/curate/{model}/{dataset}/calibrate_confidence.log",
+    benchmark:
+        "benchmarks/curate/{model}/{dataset}/calibrate_confidence.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        "../workflow/scripts/curate_calibration.py"
+
+
+rule aggregation_sets:
+    input:
+        samples="results/generate/{model}/{dataset}/samples.parquet",
+        dataset="resources/datasets/{dataset}.jsonl",
+        calibration="results/curate/{model}/{dataset}/calibration.json",
+        tokenizer=model_input(AGGREGATOR),
+    output:
+        train="results/curate/{model}/{dataset}/train.jsonl",
+        val="results/curate/{model}/{dataset}/val.jsonl",
+        report="results/curate/{model}/{dataset}/curate_report.json",
+        report_md=report(
+            "results/curate/{model}/{dataset}/curate_report.md",
+            category="Curation",
+            caption="../workflow/report/curate.rst",
+        ),
+    params:
+        curation=config["curation"],
+        tokenizer=model_path(AGGREGATOR),
+    log:
+        "logs/curate/{model}/{dataset}/aggregation_sets.log",
+    benchmark:
+        "benchmarks/curate/{model}/{dataset}/aggregation_sets.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        "../workflow/scripts/curate_sets.py"
+
+
+TARGETS.extend(
+    f"results/curate/{SOLVER}/{TRAIN_DATASET}/{name}"
+    for name in ("problems.parquet", "train.jsonl", "val.jsonl", "curate_report.md")
+)
