@@ -100,7 +100,6 @@ def draw_sets(n: int, k: int, s: int, rng: random.Random) -> list[tuple[int, ...
 def build_sets(samples: dict[str, dict], *, k_values: list[int], sets_per_problem: int,
                easy_ratio: float, seed: int, on_too_few: str, path: str) -> list[dict]:
     """Labelled aggregation sets after the hard/easy mix (deterministic under `seed`)."""
-    rng = random.Random(seed)
     chosen: list[dict] = []
     skipped: dict[int, int] = defaultdict(int)
     for k in k_values:
@@ -115,6 +114,9 @@ def build_sets(samples: dict[str, dict], *, k_values: list[int], sets_per_proble
                 skipped[k] += 1
                 continue
             right = cluster_correct(g["cluster"], g["correct"])
+            # A generator per (seed, k, problem): a problem's sets do not change when
+            # other problems or other k values are added or removed.
+            rng = random.Random(f"{seed}:{k}:{pid}")
             for members in draw_sets(n, k, sets_per_problem, rng):
                 idx = list(members)
                 maj = majority_vote(g["cluster"][idx])
@@ -125,6 +127,7 @@ def build_sets(samples: dict[str, dict], *, k_values: list[int], sets_per_proble
         n_easy = min(round(easy_ratio * len(hard)), sum(map(len, easy_by_problem.values())))
         # Round-robin over problems in a seeded order: each problem gives one easy set
         # before any gives a second, so problems repeat as little as possible.
+        rng = random.Random(f"{seed}:{k}:easy")
         pools = {pid: rng.sample(v, len(v)) for pid, v in easy_by_problem.items()}
         order = rng.sample(sorted(pools), len(pools))
         easy: list[dict] = []

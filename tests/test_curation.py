@@ -1,0 +1,159 @@
+"""Stage 2 on hand-built samples with known answers, then the real rules."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from confagg import curation
+from confagg.io import DataError
+from confagg.prompts import ConfidenceCalibration
+
+
+def write_samples(path, spec):
+    """spec: {problem_id: [(answer, cluster, correct, conf), ...]}"""
+    rows = []
+    for pid, samples in spec.items():
+        for i, (ans, cl, ok, conf) in enumerate(samples):
+            rows.append({"problem_id": pid, "sample_idx": i, "final_text": f"{pid} says {ans}",
+                         "answer": ans, "correct": ok, "cluster": cl, "n_tokens": 5,
+                         "conf_mean": conf, "conf_tail": conf, "conf_bottom10": conf,
+                         "conf_lowest_group": conf})
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return str(path)
+
+
+# p1: three equivalent forms of 1/2 (one cluster) beat "3"; the weighted vote agrees.
+# p2: majority "7" is wrong, but the confident minority "8" is right.
+# p3: no answers at all.
+SPEC = {
+    "p1": [("1/2", 0, True, 1.0), ("0.5", 0, True, 1.0), (r"\frac{1}{2}", 0, True, 1.0),
+           ("3", 1, False, 2.0)],
+    "p2": [("7", 0, False, 1.0), ("7", 0, False, 1.0), ("7", 0, False, 1.0),
+           ("8", 1, True, 5.0)],
+    "p3": [(None, -1, False, 1.0)] * 4,
+}
+
+
+def test_problem_stats_by_hand(tmp_path):
+    samples = curation.load_samples(write_samples(tmp_path / "s.parquet", SPEC), "mean")
+    stats = {r["problem_id"]: r for r in curation.problem_stats(samples).to_pylist()}
+    p1, p2, p3 = stats["p1"], stats["p2"], stats["p3"]
+    assert (p1["n_samples"], p1["n_correct"], p1["pass_rate"]) == (4, 3, 0.75)
+    assert p1["majority_answer"] == "1/2" and p1["majority_correct"]
+    assert p1["n_distinct_answers"] == 2
+    assert p2["majority_answer"] == "7" and not p2["majority_correct"]
+    assert p2["weighted_answer"] == "8" and p2["weighted_correct"]   # 5.0 > 3 x 1.0
+    assert p3["majority_answer"] is None and not p3["majority_correct"]
+    assert p3["n_no_answer"] == 4 and p3["n_distinct_answers"] == 0
+
+
+def test_missing_column_names_file_and_column(tmp_path):
+    pq.write_table(pa.table({"problem_id": ["a"], "sample_idx": [0]}), tmp_path / "bad.parquet")
+    with pytest.raises(DataError) as err:
+        curation.load_samples(str(tmp_path / "bad.parquet"), "mean")
+    assert str(tmp_path / "bad.parquet") in str(err.value) and "field 'final_text'" in str(err.value)
+
+
+def many_problems(n_problems=20, n=8, seed=0):
+    """Problems with a known share of right samples, answers as clusters 0 (right) / 1."""
+    rng = random.Random(seed)
+    spec = {}
+    for p in range(n_problems):
+        acc = rng.choice([0.1, 0.3, 0.5, 0.7, 0.9])
+        rows = []
+        for _ in range(n):
+            ok = rng.random() < acc
+            rows.append(("12" if ok else "13", 0 if ok else 1, ok, rng.uniform(0, 10)))
+        spec[f"q{p:02d}"] = rows
+    return spec
+
+
+def test_sets_labels_mix_and_determinism(tmp_path):
+    path = write_samples(tmp_path / "s.parquet", many_problems())
+    samples = curation.load_samples(path, "tail")
+    kw = dict(k_values=[1, 2, 4], sets_per_problem=6, easy_ratio=0.5, seed=3, on_too_few="error",
+              path=path)
+    sets = curation.build_sets(samples, **kw)
+    assert sets == curation.build_sets(samples, **kw)            # same seed, same sets
+    assert sets != curation.build_sets(samples, **{**kw, "seed": 4})
+    for k in (1, 2, 4):
+        ks = [s for s in sets if s["k"] == k]
+        hard = [s for s in ks if s["difficulty"] == "hard"]
+        easy = [s for s in ks if s["difficulty"] == "easy"]
+        assert len(easy) == round(0.5 * len(hard))                # the mixing ratio
+        keys = [(s["problem_id"], tuple(s["candidate_ids"])) for s in ks]
+        assert len(keys) == len(set(keys))                         # no duplicate sets
+        # easy sets spread over problems: as many distinct problems as possible
+        everything = curation.build_sets(samples, **{**kw, "easy_ratio": 1000.0, "k_values": [k]})
+        with_easy = {s["problem_id"] for s in everything if s["difficulty"] == "easy"}
+        assert len({s["problem_id"] for s in easy}) == min(len(easy), len(with_easy))
+    for s in sets:
+        g = samples[s["problem_id"]]
+        votes = np.bincount(g["cluster"][s["candidate_ids"]], minlength=2)
+        majority_right = votes[0] > votes[1] or (votes[0] == votes[1] and
+                                                 g["cluster"][s["candidate_ids"][0]] == 0)
+        assert s["difficulty"] == ("easy" if majority_right else "hard"), s
+        assert len(s["candidate_ids"]) == s["k"]
+
+
+def test_too_few_samples_error_or_skip(tmp_path):
+    path = write_samples(tmp_path / "s.parquet", {"a": SPEC["p2"], "b": SPEC["p2"][:1]})
+    samples = curation.load_samples(path, "mean")
+    with pytest.raises(DataError, match=r"problem 'b' has 1 samples, fewer than k=2"):
+        curation.build_sets(samples, k_values=[2], sets_per_problem=2, easy_ratio=1.0, seed=0,
+                            on_too_few="error", path=path)
+    sets = curation.build_sets(samples, k_values=[2], sets_per_problem=2, easy_ratio=1.0,
+                               seed=0, on_too_few="skip", path=path)
+    assert {s["problem_id"] for s in sets} == {"a"}
+
+
+def test_rows_split_and_prompts(tmp_path):
+    path = write_samples(tmp_path / "s.parquet", many_problems(n_problems=10))
+    samples = curation.load_samples(path, "mean")
+    sets = curation.build_sets(samples, k_values=[2], sets_per_problem=4, easy_ratio=1.0,
+                               seed=0, on_too_few="error", path=path)
+    problems = {pid: {"id": pid, "problem": f"Problem {pid}?", "answer": "12"} for pid in samples}
+    cal = ConfidenceCalibration.fit(np.concatenate([g["conf"] for g in samples.values()]),
+                                    "conf_mean")
+    rows = curation.make_rows(sets, samples, problems, cal, show_confidence=True,
+                              scale="percentile", token_budget=None, tokenizer=None)
+    val = curation.split_problems(list(samples), 0.2, seed=0)
+    assert len(val) == 2
+    train_ids = {r["problem_id"] for r in rows if r["problem_id"] not in val}
+    assert not train_ids & val                                   # no leakage
+    for r in rows:
+        assert set(r) == {"prompt", "answer", "problem_id", "k", "difficulty", "candidate_ids",
+                          "confidences"}
+        assert isinstance(r["prompt"], str) and r["answer"] == "12"
+        assert len(r["candidate_ids"]) == len(r["confidences"]) == 2
+        g = samples[r["problem_id"]]
+        for j, (sid, shown) in enumerate(zip(r["candidate_ids"], r["confidences"])):
+            assert f"Candidate solution {j + 1} (confidence: {shown:.0f}/100)" in r["prompt"]
+            assert g["final_text"][sid] in r["prompt"]
+            assert 0 <= shown <= 100
+
+
+def test_curation_rules_on_the_real_pipeline(pipeline, bundled_model):
+    base = "results/curate/smollm2-135m/arith_train"
+    pipeline.run(f"{base}/train.jsonl", f"{base}/problems.parquet")
+    train = [json.loads(x) for x in pipeline.path(f"{base}/train.jsonl").read_text().splitlines()]
+    val = [json.loads(x) for x in pipeline.path(f"{base}/val.jsonl").read_text().splitlines()]
+    assert train and val
+    assert not {r["problem_id"] for r in train} & {r["problem_id"] for r in val}
+    assert {r["k"] for r in train + val} <= {1, 2}
+    rep = json.loads(pipeline.path(f"{base}/curate_report.json").read_text())
+    assert rep["train_rows"] == len(train) and rep["val_rows"] == len(val)
+    assert rep["prompt_tokens"]["max"] <= 512                      # the test config's budget
+    for k, b in rep["by_k"].items():
+        assert b["easy"] == min(round(0.5 * b["hard"]), b["easy"])
+    problems = pq.read_table(pipeline.path(f"{base}/problems.parquet")).to_pylist()
+    assert len(problems) == 6 and all(p["n_samples"] == 4 for p in problems)
+    cal = json.loads(pipeline.path(f"{base}/calibration.json").read_text())
+    assert cal["metric"] == "conf_bottom10" and cal["n"] == 24
+    md = pipeline.path(f"{base}/curate_report.md").read_text()
+    assert "| k | sets | hard | easy | oracle ceiling |" in md
