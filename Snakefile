@@ -13,6 +13,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/generate.smk"
 include: "rules/curate.smk"
+include: "rules/train.smk"
 
 
 rule all:

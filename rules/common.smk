@@ -90,3 +90,33 @@ def sampling_settings(wildcards=None):
     g = config["generation"]
     keys = ("temperature", "top_p", "top_k", "min_p", "max_tokens", "logprobs", "seed")
     return {k: g[k] for k in keys}
+
+
+RUN = config["training"]["run"]
+
+
+def train_inputs(wildcards):
+    """What a trainer reads: the curated splits and the aggregator's base model."""
+    base = f"results/curate/{SOLVER}/{TRAIN_DATASET}"
+    return {
+        "train": f"{base}/train.jsonl",
+        "val": f"{base}/val.jsonl",
+        "model": model_input(AGGREGATOR),
+    }
+
+
+def openrlhf_command(wildcards, resources):
+    """The OpenRLHF 0.11.2 command line for this job (shown by `snakemake -n -p`)."""
+    from confagg.train_openrlhf import build_command, shell_command
+
+    base = f"results/curate/{SOLVER}/{TRAIN_DATASET}"
+    argv = build_command(
+        config["training"],
+        model_path=model_path(AGGREGATOR),
+        train_path=f"{base}/train.jsonl",
+        val_path=f"{base}/val.jsonl",
+        output_dir=f"results/train/{wildcards.run}/model",
+        ckpt_dir=f"results/.progress/train/{wildcards.run}/ckpt",
+        n_gpus=resources.gpu,
+    )
+    return shell_command(argv)
