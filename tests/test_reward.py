@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import torch
-
 from confagg.reward import response_part, reward_func, trl_reward
 
 PROMPT = ("<|im_start|>user\nProblem:\nWhat is 6 * 7?\n\nCandidate solution 1 (confidence: "

@@ -7,10 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, run_snakemake
-
 from confagg.config import load_config
 from confagg.train_openrlhf import REWARD_FILE, build_command, shell_command
+from conftest import REPO, run_snakemake
 
 OPENRLHF = REPO / ".venv" / "openrlhf-0.11.2"
 
