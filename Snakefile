@@ -14,6 +14,7 @@ include: "rules/data.smk"
 include: "rules/generate.smk"
 include: "rules/curate.smk"
 include: "rules/train.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:

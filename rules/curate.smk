@@ -45,6 +45,7 @@ rule aggregation_sets:
     output:
         train="results/curate/{model}/{dataset}/train.jsonl",
         val="results/curate/{model}/{dataset}/val.jsonl",
+        sets="results/curate/{model}/{dataset}/sets.parquet",
         report="results/curate/{model}/{dataset}/curate_report.json",
         report_md=report(
             "results/curate/{model}/{dataset}/curate_report.md",
@@ -66,5 +67,13 @@ rule aggregation_sets:
 
 TARGETS.extend(
     f"results/curate/{SOLVER}/{TRAIN_DATASET}/{name}"
-    for name in ("problems.parquet", "train.jsonl", "val.jsonl", "curate_report.md")
+    for name in (
+        "problems.parquet",
+        "calibration.json",
+        "sets.parquet",
+        "train.jsonl",
+        "val.jsonl",
+        "curate_report.json",
+        "curate_report.md",
+    )
 )

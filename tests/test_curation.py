@@ -59,6 +59,47 @@ def test_missing_column_names_file_and_column(tmp_path):
     assert str(tmp_path / "bad.parquet") in str(err.value) and "field 'final_text'" in str(err.value)
 
 
+def test_duplicate_sample_and_missing_dataset_problem_are_named(tmp_path):
+    dup = write_samples(tmp_path / "dup.parquet", {"a": SPEC["p1"][:2]})
+    t = pq.read_table(dup).to_pylist()
+    t[1]["sample_idx"] = 0
+    pq.write_table(pa.Table.from_pylist(t), dup)
+    with pytest.raises(DataError, match=r"dup.parquet, row 2, field 'sample_idx': problem 'a' "
+                                        r"has sample_idx 0 twice"):
+        curation.load_samples(dup, "mean")
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"id": "p1", "problem": "Half?", "answer": "1/2"}\n'
+                    '{"id": "p2", "problem": "Seven?"}\n')
+    with pytest.raises(DataError, match=r"d.jsonl, row 2, field 'answer': missing value"):
+        curation.load_problems(str(data))
+    data.write_text('{"id": "p1", "problem": "Half?", "answer": "1/2"}\n')
+    samples = curation.load_samples(write_samples(tmp_path / "s.parquet", SPEC), "mean")
+    sets = curation.build_sets(samples, k_values=[1], sets_per_problem=1, easy_ratio=1e3, seed=0,
+                               on_too_few="error", path="s")
+    cal = ConfidenceCalibration.fit([1.0, 2.0], "conf_mean")
+    with pytest.raises(DataError, match=r"d.jsonl, field 'id': 2 problem\(s\) of the samples "
+                                        r"are not in the dataset, e.g. \['p2', 'p3'\]"):
+        curation.make_rows(sets, samples, curation.load_problems(str(data)), cal,
+                           show_confidence=True, scale="percentile", token_budget=None,
+                           tokenizer=None, dataset_path=str(data))
+
+
+def test_missing_confidence_is_shown_as_not_available(tmp_path):
+    spec = {"p": [("4", 0, True, float("nan")), ("4", 0, True, 3.0)]}
+    samples = curation.load_samples(write_samples(tmp_path / "s.parquet", spec), "mean")
+    sets = [{"problem_id": "p", "k": 2, "candidate_ids": [0, 1], "difficulty": "easy",
+             "any_correct": True}]
+    cal = ConfidenceCalibration.fit([1.0, 2.0, 3.0, 5.0], "conf_mean")
+    (row,) = curation.make_rows(sets, samples, {"p": {"problem": "2+2?", "answer": 4}}, cal,
+                                show_confidence=True, scale="percentile", token_budget=None,
+                                tokenizer=None)
+    assert row["confidences"] == [None, pytest.approx(200 / 3, abs=0.1)]  # 0.1-point grid
+    assert row["answer"] == "4"                                   # a string for the trainers
+    assert "Candidate solution 1 (confidence: not available)" in row["prompt"]
+    assert "Candidate solution 2 (confidence: 67/100)" in row["prompt"]
+    json.dumps(row, allow_nan=False)                              # valid JSON, no NaN
+
+
 def many_problems(n_problems=20, n=8, seed=0):
     """Problems with a known share of right samples, answers as clusters 0 (right) / 1."""
     rng = random.Random(seed)
@@ -78,7 +119,8 @@ def test_sets_labels_mix_and_determinism(tmp_path):
     samples = curation.load_samples(path, "tail")
     kw = dict(k_values=[1, 2, 4], sets_per_problem=6, easy_ratio=0.5, seed=3, on_too_few="error",
               path=path)
-    sets = curation.build_sets(samples, **kw)
+    counts = {}
+    sets = curation.build_sets(samples, **kw, counts=counts)
     assert sets == curation.build_sets(samples, **kw)            # same seed, same sets
     assert sets != curation.build_sets(samples, **{**kw, "seed": 4})
     for k in (1, 2, 4):
@@ -86,6 +128,9 @@ def test_sets_labels_mix_and_determinism(tmp_path):
         hard = [s for s in ks if s["difficulty"] == "hard"]
         easy = [s for s in ks if s["difficulty"] == "easy"]
         assert len(easy) == round(0.5 * len(hard))                # the mixing ratio
+        assert counts[k]["hard"] == len(hard)
+        assert counts[k]["drawn"] == counts[k]["hard"] + counts[k]["easy_available"]
+        assert counts[k]["skipped_problems"] == 0
         keys = [(s["problem_id"], tuple(s["candidate_ids"])) for s in ks]
         assert len(keys) == len(set(keys))                         # no duplicate sets
         # easy sets spread over problems: as many distinct problems as possible
@@ -141,6 +186,8 @@ def test_rows_split_and_prompts(tmp_path):
 def test_curation_rules_on_the_real_pipeline(pipeline, bundled_model):
     base = "results/curate/smollm2-135m/arith_train"
     pipeline.run(f"{base}/train.jsonl", f"{base}/problems.parquet")
+    samples = pq.read_table(pipeline.path("results/generate/smollm2-135m/arith_train/"
+                                          "samples.parquet")).to_pylist()
     train = [json.loads(x) for x in pipeline.path(f"{base}/train.jsonl").read_text().splitlines()]
     val = [json.loads(x) for x in pipeline.path(f"{base}/val.jsonl").read_text().splitlines()]
     assert train and val
@@ -157,4 +204,23 @@ def test_curation_rules_on_the_real_pipeline(pipeline, bundled_model):
     cal = json.loads(pipeline.path(f"{base}/calibration.json").read_text())
     assert cal["metric"] == "conf_bottom10" and cal["n"] == 24
     md = pipeline.path(f"{base}/curate_report.md").read_text()
-    assert "| k | sets | hard | easy | oracle ceiling |" in md
+    for k, b in rep["by_k"].items():
+        assert f"| {k} | {b['sets']} | {b['hard']} | {b['easy']} |" in md
+    # the table of sets matches the JSONL rows, and each row's candidates are real samples
+    sets = pq.read_table(pipeline.path(f"{base}/sets.parquet")).to_pylist()
+    assert len(sets) == len(train) + len(val)
+    assert sorted((s["problem_id"], s["split"], tuple(s["candidate_ids"])) for s in sets) == \
+        sorted([(r["problem_id"], "train", tuple(r["candidate_ids"])) for r in train]
+               + [(r["problem_id"], "val", tuple(r["candidate_ids"])) for r in val])
+    by_id = {(s["problem_id"], s["sample_idx"]): s for s in samples}
+    for r in train + val:
+        for j, (sid, shown) in enumerate(zip(r["candidate_ids"], r["confidences"])):
+            final = by_id[(r["problem_id"], sid)]["final_text"].strip()
+            label = "not available" if shown is None else f"{shown:.0f}/100"
+            assert f"Candidate solution {j + 1} (confidence: {label}):\n" in r["prompt"]
+            # whole, or shortened from the front with its ending kept
+            assert final in r["prompt"] or final[-40:] in r["prompt"]
+    # the majority's correctness from problems.parquet agrees with the samples' votes
+    for p in problems:
+        mine = [s for s in samples if s["problem_id"] == p["problem_id"]]
+        assert p["n_correct"] == sum(s["correct"] for s in mine)

@@ -73,12 +73,25 @@ def test_pathological_input_times_out_within_the_limit():
 
 def test_cache_computes_each_pair_once():
     with Grader(workers=1, timeout_s=5.0) as g:
-        items = [("12", "12"), ("12", "13"), ("12", "12.0")] * 50
+        items = [(r"\frac{1}{2}", "0.5"), (r"\frac{1}{2}", "1/3"), (r"\frac{1}{2}", "2/4")] * 50
         grades = g.grade(items)
         assert g.stats["computed"] == 3 and g.stats["cache_hits"] == 147
         assert [x.correct for x in grades[:3]] == [True, False, True]
-        g.grade([("12", "13")])
+        g.grade([(r"\frac{1}{2}", "1/3")])
         assert g.stats["computed"] == 3
+
+
+def test_plain_integers_skip_math_verify_with_its_verdict():
+    from math_verify import parse, verify
+
+    pairs = [("12", "12"), ("12", " 12 "), ("12", "012"), ("-3", "-3"), ("-3", "3"),
+             ("0", "-0"), ("999", "998"), ("7", "7" * 150)]
+    with Grader(workers=1, timeout_s=5.0) as g:
+        grades = g.grade(pairs)
+        assert g.stats["computed"] == 1  # only the 150-digit answer goes to a worker
+    expected = [verify(parse(f"\\boxed{{{a}}}"), parse(f"\\boxed{{{b}}}")) for a, b in pairs]
+    assert [x.correct for x in grades] == expected
+    assert all(x.status == "ok" for x in grades)
 
 
 def test_clusters_group_equivalent_forms(grader):

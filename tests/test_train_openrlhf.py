@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 from confagg.config import load_config
 from confagg.train_openrlhf import REWARD_FILE, build_command, shell_command
-from conftest import REPO, run_snakemake
+from conftest import REPO, SNAKEMAKE
 
 OPENRLHF = REPO / ".venv" / "openrlhf-0.11.2"
 
@@ -75,6 +76,16 @@ def test_job_gpus_and_overrides_reach_the_command(full_config, tmp_path):
     assert a["ds"]["zero_stage"] == 2 and a["vllm"]["enforce_eager"] is True
 
 
+def test_nodes_reach_actor_ref_and_engines(full_config, tmp_path):
+    t = {**full_config["training"],
+         "openrlhf": {**full_config["training"]["openrlhf"], "num_nodes": 2}}
+    argv = build_command(t, model_path="m", train_path="a", val_path="b", output_dir="o",
+                         ckpt_dir="c", n_gpus=4)
+    a = parse_with_openrlhf(argv, tmp_path)
+    assert a["actor"]["num_nodes"] == a["ref"]["num_nodes"] == 2
+    assert a["vllm"]["num_engines"] == 8  # one per GPU of the cluster
+
+
 def test_a_wrong_flag_is_rejected_by_openrlhf(full_config, tmp_path):
     argv = build_command(full_config["training"], model_path="m", train_path="a",
                          val_path="b", output_dir="o", ckpt_dir="c", n_gpus=1)
@@ -91,9 +102,15 @@ def test_wandb_key_stays_out_of_the_command():
 
 
 def test_dry_run_shows_the_openrlhf_command(tmp_path):
-    env = {"WANDB_API_KEY": "secret-key-123"}
-    proc = run_snakemake(tmp_path, "-n", "-p", "results/train/confagg-grpo/model",
-                         profile="gpu4", configfiles=[], env=env)
+    # The real CLI, called directly: run_snakemake would wait for the vLLM lock,
+    # which a dry run does not need.
+    cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+           "--profile", str(REPO / "profiles" / "gpu4"), "-n", "-p",
+           "results/train/confagg-grpo/model"]
+    env = {**os.environ, "WANDB_API_KEY": "secret-key-123"}
+    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-4000:]
     assert "python -m openrlhf.cli.train_ppo_ray --actor.model_name_or_path " \
            "Qwen/Qwen2.5-1.5B-Instruct" in proc.stdout
     assert "--actor.num_gpus_per_node 4" in proc.stdout

@@ -7,7 +7,7 @@ from confagg.smk import setup_logging
 
 def main(smk):
     log = setup_logging(smk)
-    table = problem_stats(load_samples(smk.input[0], smk.params.metric))
+    table = problem_stats(load_samples(smk.input[0], smk.params.metric, with_text=False))
     write_parquet(smk.output[0], table)
     log.info("%d problems; majority right on %d", table.num_rows,
              sum(table.column("majority_correct").to_pylist()))

@@ -3,7 +3,7 @@
 import json
 
 from confagg import curation
-from confagg.io import atomic_write_text, write_jsonl
+from confagg.io import atomic_write_text, write_jsonl, write_parquet
 from confagg.prompts import ConfidenceCalibration
 from confagg.smk import setup_logging
 
@@ -14,19 +14,29 @@ def main(smk):
 
     c = smk.params.curation
     samples = curation.load_samples(smk.input.samples, c["confidence_metric"])
+    counts = {}
     sets = curation.build_sets(
         samples, k_values=list(c["k_values"]), sets_per_problem=c["sets_per_problem"],
         easy_ratio=c["easy_percent"] / 100.0, seed=c["seed"],
-        on_too_few=c["on_too_few_samples"], path=smk.input.samples)
+        on_too_few=c["on_too_few_samples"], path=smk.input.samples, counts=counts)
+    if not sets:
+        raise ValueError(f"no aggregation sets from {smk.input.samples}: every problem has "
+                         f"fewer samples than each k in {list(c['k_values'])}")
+    calibration = ConfidenceCalibration.from_json(smk.input.calibration)
+    if calibration.metric != curation.METRIC_COLUMNS[c["confidence_metric"]]:
+        raise ValueError(f"{smk.input.calibration} is fitted on {calibration.metric}, but "
+                         f"curation.confidence_metric is {c['confidence_metric']}")
     tokenizer = AutoTokenizer.from_pretrained(smk.params.tokenizer)
     rows = curation.make_rows(
-        sets, samples, curation.load_problems(smk.input.dataset),
-        ConfidenceCalibration.from_json(smk.input.calibration), show_confidence=True,
-        scale=c["confidence_scale"], token_budget=c["prompt_token_budget"], tokenizer=tokenizer)
+        sets, samples, curation.load_problems(smk.input.dataset), calibration,
+        show_confidence=True, scale=c["confidence_scale"],
+        token_budget=c["prompt_token_budget"], tokenizer=tokenizer,
+        dataset_path=smk.input.dataset, progress=True)
     val_ids = curation.split_problems(sorted(samples), c["val_fraction"], c["seed"])
     write_jsonl(smk.output.train, [r for r in rows if r["problem_id"] not in val_ids])
     write_jsonl(smk.output.val, [r for r in rows if r["problem_id"] in val_ids])
-    rep = curation.report(sets, rows, val_ids, tokenizer)
+    write_parquet(smk.output.sets, curation.sets_table(sets, rows, val_ids))
+    rep = curation.report(sets, rows, val_ids, tokenizer, counts)
     atomic_write_text(smk.output.report, json.dumps(rep, indent=2) + "\n")
     atomic_write_text(smk.output.report_md, curation.report_markdown(rep))
     log.info("curation: %s", json.dumps(rep))

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .io import DataError, read_jsonl, read_parquet
+from .io import DataError, iter_jsonl, read_parquet
 from .prompts import ConfidenceCalibration, build_aggregation_prompt
 from .voting import majority_vote, weighted_vote
 
@@ -32,16 +32,23 @@ METRIC_COLUMNS = {"mean": "conf_mean", "tail": "conf_tail", "bottom10": "conf_bo
                   "lowest_group": "conf_lowest_group"}
 
 
-def load_samples(path: str, metric: str) -> dict[str, dict[str, np.ndarray | list]]:
-    """samples.parquet grouped by problem (rows in sample_idx order)."""
+def load_samples(path: str, metric: str, *,
+                 with_text: bool = True) -> dict[str, dict[str, np.ndarray | list]]:
+    """samples.parquet grouped by problem (rows in sample_idx order). Without text, the
+    solutions' `final_text` (most of the file's memory at full scale) is not read."""
     col = METRIC_COLUMNS[metric]
-    t = read_parquet(path, REQUIRED_COLUMNS + [col]).to_pydict()
+    names = [c for c in REQUIRED_COLUMNS if with_text or c != "final_text"]
+    t = read_parquet(path, names + [col]).to_pydict()
     order = sorted(range(len(t["problem_id"])), key=lambda i: (t["problem_id"][i],
                                                                t["sample_idx"][i]))
     groups: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for i in order:
-        g = groups[t["problem_id"][i]]
-        for name in REQUIRED_COLUMNS[1:]:
+        pid = t["problem_id"][i]
+        g = groups[pid]
+        if g["sample_idx"] and g["sample_idx"][-1] == t["sample_idx"][i]:
+            raise DataError(path, f"problem '{pid}' has sample_idx {t['sample_idx'][i]} twice",
+                            row=i + 1, field="sample_idx")
+        for name in names[1:]:
             g[name].append(t[name][i])
         g["conf"].append(t[col][i])
     out = {}
@@ -98,8 +105,13 @@ def draw_sets(n: int, k: int, s: int, rng: random.Random) -> list[tuple[int, ...
 
 
 def build_sets(samples: dict[str, dict], *, k_values: list[int], sets_per_problem: int,
-               easy_ratio: float, seed: int, on_too_few: str, path: str) -> list[dict]:
-    """Labelled aggregation sets after the hard/easy mix (deterministic under `seed`)."""
+               easy_ratio: float, seed: int, on_too_few: str, path: str,
+               counts: dict | None = None) -> list[dict]:
+    """Labelled aggregation sets after the hard/easy mix (deterministic under `seed`).
+
+    `counts`, when given, receives per k the sets drawn before the mix: {k: {"drawn",
+    "hard", "easy_available", "skipped_problems"}}.
+    """
     chosen: list[dict] = []
     skipped: dict[int, int] = defaultdict(int)
     for k in k_values:
@@ -136,10 +148,16 @@ def build_sets(samples: dict[str, dict], *, k_values: list[int], sets_per_proble
                 if pools[pid] and len(easy) < n_easy:
                     easy.append(pools[pid].pop())
         chosen.extend(hard + easy)
-        log.info("k=%d: %d hard sets, %d easy sets kept (ratio %.2f)", k, len(hard), len(easy),
-                 easy_ratio)
+        if counts is not None:
+            n_avail = sum(map(len, easy_by_problem.values()))
+            counts[k] = {"drawn": len(hard) + n_avail, "hard": len(hard),
+                         "easy_available": n_avail, "skipped_problems": skipped[k]}
+        log.info("k=%d: %d hard sets, %d of %d easy sets kept (target %.0f%% of the hard)", k,
+                 len(hard), len(easy), sum(map(len, easy_by_problem.values())),
+                 100 * easy_ratio)
     for k, count in skipped.items():
-        log.warning("k=%d: skipped %d problems with fewer than %d samples", k, count, k)
+        if count:
+            log.warning("k=%d: skipped %d problems with fewer than %d samples", k, count, k)
     return chosen
 
 
@@ -153,65 +171,126 @@ def split_problems(problem_ids: list[str], val_fraction: float, seed: int) -> se
     return set(ids[:n_val])
 
 
+def _shown(values: np.ndarray) -> list[float | None]:
+    """Confidences as shown and stored: 2 decimals, None for a trace without one (NaN)."""
+    return [round(float(x), 2) if np.isfinite(x) else None for x in values]
+
+
 def make_rows(sets: list[dict], samples: dict[str, dict], problems: dict[str, dict],
               calibration: ConfidenceCalibration, *, show_confidence: bool, scale: str,
-              token_budget: int | None, tokenizer) -> list[dict[str, Any]]:
+              token_budget: int | None, tokenizer, dataset_path: str = "dataset",
+              progress: bool = False) -> list[dict[str, Any]]:
+    """One training row per set: the shared prompt and the gold answer (both strings)."""
+    from tqdm import tqdm
+
+    missing = sorted({s["problem_id"] for s in sets} - set(problems))
+    if missing:
+        raise DataError(dataset_path, f"{len(missing)} problem(s) of the samples are not in "
+                        f"the dataset, e.g. {missing[:3]}", field="id")
     rows = []
-    for s in sets:
+    for s in tqdm(sets, desc="aggregation prompts", unit="set", disable=not progress):
         g, prob = samples[s["problem_id"]], problems[s["problem_id"]]
         idx = s["candidate_ids"]
         raw = g["conf"][idx]
-        shown = calibration(raw) if scale == "percentile" else raw
+        shown = _shown(calibration(raw) if scale == "percentile" else raw)
         prompt = build_aggregation_prompt(
-            prob["problem"], [g["final_text"][i] for i in idx], [float(x) for x in shown],
+            prob["problem"], [g["final_text"][i] for i in idx], shown,
             show_confidence=show_confidence, token_budget=token_budget, tokenizer=tokenizer)
-        rows.append({"prompt": prompt, "answer": prob["answer"], "problem_id": s["problem_id"],
-                     "k": s["k"], "difficulty": s["difficulty"],
+        rows.append({"prompt": prompt, "answer": str(prob["answer"]),
+                     "problem_id": s["problem_id"], "k": s["k"], "difficulty": s["difficulty"],
                      "candidate_ids": [int(g["sample_idx"][i]) for i in idx],
-                     "confidences": [round(float(x), 2) for x in shown]})
+                     "confidences": shown})
     return rows
 
 
-def report(sets: list[dict], rows: list[dict], val_ids: set[str], tokenizer) -> dict[str, Any]:
+def sets_table(sets: list[dict], rows: list[dict], val_ids: set[str]) -> pa.Table:
+    """The chosen sets as a table (candidate_ids are sample_idx values), with their split."""
+    return pa.Table.from_pylist(
+        [{"problem_id": r["problem_id"], "k": r["k"], "difficulty": r["difficulty"],
+          "split": "val" if r["problem_id"] in val_ids else "train",
+          "candidate_ids": r["candidate_ids"], "any_correct": s["any_correct"],
+          "confidences": r["confidences"]} for s, r in zip(sets, rows)],
+        schema=pa.schema([("problem_id", pa.string()), ("k", pa.int32()),
+                          ("difficulty", pa.string()), ("split", pa.string()),
+                          ("candidate_ids", pa.list_(pa.int32())), ("any_correct", pa.bool_()),
+                          ("confidences", pa.list_(pa.float64()))]))
+
+
+def prompt_lengths(prompts: list[str], tokenizer, batch: int = 1024) -> np.ndarray:
+    """Token counts, batched (a fast tokenizer encodes a batch in parallel)."""
+    out: list[int] = []
+    for start in range(0, len(prompts), batch):
+        enc = tokenizer(prompts[start:start + batch], add_special_tokens=False)["input_ids"]
+        out.extend(len(ids) for ids in enc)
+    return np.asarray(out, dtype=np.int64)
+
+
+def _length_stats(lengths: np.ndarray) -> dict[str, float] | None:
+    if not lengths.size:
+        return None
+    return {"mean": float(lengths.mean()), "p50": float(np.median(lengths)),
+            "p95": float(np.percentile(lengths, 95)), "max": int(lengths.max())}
+
+
+def report(sets: list[dict], rows: list[dict], val_ids: set[str], tokenizer,
+           counts: dict | None = None) -> dict[str, Any]:
     by = defaultdict(lambda: {"hard": 0, "easy": 0, "any_correct": 0})
     for s in sets:
         b = by[s["k"]]
         b[s["difficulty"]] += 1
         b["any_correct"] += s["any_correct"]
-    lengths = np.array([len(tokenizer.encode(r["prompt"], add_special_tokens=False))
-                        for r in rows]) if rows else np.zeros(0)
+    lengths = prompt_lengths([r["prompt"] for r in rows], tokenizer)
     per_k = {}
     for k in sorted(by):
         b = by[k]
         total = b["hard"] + b["easy"]
         per_k[str(k)] = {"sets": total, "hard": b["hard"], "easy": b["easy"],
-                         "oracle_ceiling": b["any_correct"] / total if total else None}
+                         "oracle_ceiling": b["any_correct"] / total if total else None,
+                         **({"before_mix": counts[k]} if counts and k in counts else {})}
+    in_val = np.array([r["problem_id"] in val_ids for r in rows], dtype=bool)
     return {
-        "sets": len(sets), "train_rows": sum(r["problem_id"] not in val_ids for r in rows),
-        "val_rows": sum(r["problem_id"] in val_ids for r in rows),
-        "val_problems": len(val_ids), "by_k": per_k,
-        "prompt_tokens": ({"mean": float(lengths.mean()), "p50": float(np.median(lengths)),
-                           "p95": float(np.percentile(lengths, 95)), "max": int(lengths.max())}
-                          if lengths.size else None),
+        "sets": len(sets), "train_rows": int((~in_val).sum()), "val_rows": int(in_val.sum()),
+        "problems": len({s["problem_id"] for s in sets}), "val_problems": len(val_ids),
+        "by_k": per_k,
+        "prompt_tokens": _length_stats(lengths),
+        "prompt_tokens_by_k": {str(k): _length_stats(lengths[np.array(
+            [r["k"] == k for r in rows], dtype=bool)]) for k in sorted(by)},
     }
 
 
 def report_markdown(rep: dict[str, Any]) -> str:
     lines = ["# Curation report", "",
-             f"{rep['sets']} aggregation sets: {rep['train_rows']} train rows, "
-             f"{rep['val_rows']} validation rows ({rep['val_problems']} validation problems).",
-             "", "| k | sets | hard | easy | oracle ceiling |", "|---|---|---|---|---|"]
+             f"{rep['sets']} aggregation sets over {rep['problems']} problems: "
+             f"{rep['train_rows']} train rows, {rep['val_rows']} validation rows "
+             f"({rep['val_problems']} validation problems, none of them in train).",
+             "", "| k | sets | hard | easy | drawn | easy drawn | oracle ceiling | "
+                 "prompt tokens mean | max |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for k, b in rep["by_k"].items():
         oc = "n/a" if b["oracle_ceiling"] is None else f"{100 * b['oracle_ceiling']:.1f}%"
-        lines.append(f"| {k} | {b['sets']} | {b['hard']} | {b['easy']} | {oc} |")
+        mix = b.get("before_mix", {})
+        pt = rep["prompt_tokens_by_k"].get(k) or {}
+        lines.append(f"| {k} | {b['sets']} | {b['hard']} | {b['easy']} | "
+                     f"{mix.get('drawn', 'n/a')} | {mix.get('easy_available', 'n/a')} | {oc} | "
+                     f"{pt.get('mean', float('nan')):.0f} | {pt.get('max', 'n/a')} |")
     if rep["prompt_tokens"]:
         p = rep["prompt_tokens"]
-        lines += ["", f"Prompt length in tokens: mean {p['mean']:.0f}, median {p['p50']:.0f}, "
+        lines += ["", f"Prompt length in tokens (aggregator's tokenizer, before the chat "
+                      f"template): mean {p['mean']:.0f}, median {p['p50']:.0f}, "
                       f"p95 {p['p95']:.0f}, max {p['max']}."]
-    lines += ["", "The oracle ceiling is the share of sets with at least one correct candidate: "
-                  "the best any aggregator of those sets could do."]
+    lines += ["", "A set is hard when its majority answer is wrong. All hard sets are kept, "
+                  "plus easy sets up to the configured share of them. The oracle ceiling is the "
+                  "share of sets with at least one correct candidate: the best any aggregator "
+                  "that only picks among its candidates could do."]
     return "\n".join(lines) + "\n"
 
 
 def load_problems(dataset_path: str) -> dict[str, dict]:
-    return {r["id"]: r for r in read_jsonl(dataset_path)}
+    """The normalized dataset by id (fields id, problem, answer: see DESIGN.md)."""
+    out = {}
+    for lineno, r in iter_jsonl(dataset_path):
+        for field in ("id", "problem", "answer"):
+            if r.get(field) is None:
+                raise DataError(dataset_path, "missing value", row=lineno, field=field)
+        out[str(r["id"])] = r
+    return out

@@ -150,18 +150,22 @@ class ShardProgress:
     def parts(self) -> list[Path]:
         return sorted(self.folder.glob("part-*.parquet"))
 
-    def done_ids(self) -> set[str]:
-        done: set[str] = set()
+    def done_values(self, column: str) -> set:
+        """The values of `column` in the finished parts (what need not be done again)."""
+        done: set = set()
         for p in self.parts():
-            done.update(read_parquet(p, ["problem_id"]).column("problem_id").to_pylist())
+            done.update(read_parquet(p, [column]).column(column).to_pylist())
         return done
+
+    def done_ids(self) -> set[str]:
+        return self.done_values("problem_id")
 
     def write(self, table: pa.Table) -> None:
         write_parquet(self.folder / f"part-{len(self.parts()):05d}.parquet", table)
 
-    def collect(self) -> pa.Table:
+    def collect(self, schema: pa.Schema = SAMPLE_SCHEMA) -> pa.Table:
         parts = [read_parquet(p) for p in self.parts()]
-        return pa.concat_tables(parts) if parts else SAMPLE_SCHEMA.empty_table()
+        return pa.concat_tables(parts) if parts else schema.empty_table()
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

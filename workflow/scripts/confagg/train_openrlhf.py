@@ -22,12 +22,13 @@ def build_command(cfg: dict[str, Any], *, model_path: str, train_path: str, val_
     """argv for `python -m openrlhf.cli.train_ppo_ray` from the `training` config section."""
     o = cfg["openrlhf"]
     n_gpus = max(1, int(n_gpus))
+    nodes = int(o.get("num_nodes", 1))
     argv = [
         python, "-m", "openrlhf.cli.train_ppo_ray",
         "--actor.model_name_or_path", model_path,
-        "--actor.num_nodes", "1", "--actor.num_gpus_per_node", str(n_gpus),
-        "--ref.num_nodes", "1", "--ref.num_gpus_per_node", str(n_gpus),
-        "--vllm.num_engines", str(o["vllm_num_engines"] or n_gpus),
+        "--actor.num_nodes", str(nodes), "--actor.num_gpus_per_node", str(n_gpus),
+        "--ref.num_nodes", str(nodes), "--ref.num_gpus_per_node", str(n_gpus),
+        "--vllm.num_engines", str(o["vllm_num_engines"] or nodes * n_gpus),
         "--vllm.tensor_parallel_size", str(o["vllm_tensor_parallel_size"]),
         "--vllm.gpu_memory_utilization", str(o["vllm_gpu_memory_utilization"]),
         "--algo.advantage.estimator", "group_norm",

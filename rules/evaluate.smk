@@ -1,0 +1,135 @@
+# Stage 4, evaluate: the aggregators at m candidates against pass@1, majority,
+# confidence-weighted and filtered voting at every budget, per benchmark; then the
+# summary table, the headline and the plots (marked for `snakemake --report`).
+# The benchmark pools come from Stage 1's rules (results/generate/{solver}/{benchmark}).
+
+AGG_METHODS = list(config["evaluation"]["agg_methods"])
+# The keys an aggregation job reads: changing n_draws or bootstrap reruns only the
+# cheap metrics, not the vLLM jobs.
+AGG_KEYS = (
+    "agg_budgets",
+    "agg_sets",
+    "agg_samples",
+    "agg_temperature",
+    "agg_top_p",
+    "agg_top_k",
+    "agg_max_tokens",
+    "agg_batch_sets",
+    "seed",
+)
+
+
+rule aggregate:
+    input:
+        # conf_agg and conf_agg_noconf read the trained model, agg_prompted the base one
+        unpack(
+            lambda wc: {
+                "samples": f"results/generate/{SOLVER}/{wc.benchmark}/samples.parquet",
+                "dataset": dataset_file(wc.benchmark),
+                "calibration": f"results/curate/{SOLVER}/{TRAIN_DATASET}/calibration.json",
+                "model": (
+                    model_input(AGGREGATOR)
+                    if wc.method == "agg_prompted"
+                    else [f"results/train/{wc.run}/model"]
+                ),
+            }
+        ),
+    output:
+        "results/evaluate/{run}/{benchmark}/aggregations/{method}.parquet",
+    wildcard_constraints:
+        method="conf_agg|conf_agg_noconf|agg_prompted",
+    params:
+        model_path=lambda wc: (
+            model_path(AGGREGATOR)
+            if wc.method == "agg_prompted"
+            else f"results/train/{wc.run}/model"
+        ),
+        vllm=config["vllm"],
+        evaluation={k: config["evaluation"][k] for k in AGG_KEYS},
+        show_confidence=lambda wc: wc.method != "conf_agg_noconf",
+        token_budget=config["curation"]["prompt_token_budget"],
+        grading=config["grading"],
+        progress_dir="results/.progress/evaluate/{run}/{benchmark}/{method}",
+    resources:
+        gpu=1,
+    log:
+        "logs/evaluate/{run}/{benchmark}/aggregate_{method}.log",
+    benchmark:
+        "benchmarks/evaluate/{run}/{benchmark}/aggregate_{method}.tsv"
+    conda:
+        "../envs/generate.yaml"
+    script:
+        "../workflow/scripts/evaluate_aggregate.py"
+
+
+rule evaluate_benchmark:
+    input:
+        samples=f"results/generate/{SOLVER}/{{benchmark}}/samples.parquet",
+        aggregations=expand(
+            "results/evaluate/{{run}}/{{benchmark}}/aggregations/{method}.parquet",
+            method=AGG_METHODS,
+        ),
+    output:
+        "results/evaluate/{run}/{benchmark}/metrics.parquet",
+    params:
+        metric=config["curation"]["confidence_metric"],
+        methods=AGG_METHODS,
+        n_draws=config["evaluation"]["n_draws"],
+        bootstrap=config["evaluation"]["bootstrap"],
+        seed=config["evaluation"]["seed"],
+    log:
+        "logs/evaluate/{run}/{benchmark}/metrics.log",
+    benchmark:
+        "benchmarks/evaluate/{run}/{benchmark}/metrics.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        "../workflow/scripts/evaluate_metrics.py"
+
+
+rule report:
+    input:
+        expand("results/evaluate/{run}/{benchmark}/metrics.parquet", run=RUN, benchmark=BENCHMARKS),
+    output:
+        csv=report(
+            "results/report/summary.csv",
+            category="Evaluation",
+            labels={"figure": "summary table"},
+            caption="../workflow/report/summary.rst",
+        ),
+        md=report(
+            "results/report/summary.md",
+            category="Evaluation",
+            labels={"figure": "summary with headline"},
+            caption="../workflow/report/summary_md.rst",
+        ),
+        samples_png=report(
+            "results/report/accuracy_vs_samples.png",
+            category="Evaluation",
+            labels={"figure": "accuracy vs samples"},
+            caption="../workflow/report/accuracy_vs_samples.rst",
+        ),
+        tokens_png=report(
+            "results/report/accuracy_vs_tokens.png",
+            category="Evaluation",
+            labels={"figure": "accuracy vs tokens"},
+            caption="../workflow/report/accuracy_vs_tokens.rst",
+        ),
+    log:
+        "logs/evaluate/report.log",
+    benchmark:
+        "benchmarks/evaluate/report.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        "../workflow/scripts/evaluate_report.py"
+
+
+TARGETS.extend(
+    [
+        "results/report/summary.csv",
+        "results/report/summary.md",
+        "results/report/accuracy_vs_samples.png",
+        "results/report/accuracy_vs_tokens.png",
+    ]
+)

@@ -1,0 +1,205 @@
+"""Stage 4 end to end on the session's test pipeline (real vLLM, math-verify and
+Snakemake): aggregations, metrics, the report files and `snakemake --report`, which
+jobs a changed setting reruns, resuming an aggregation from saved parts, and a
+benchmark added by config alone."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from confagg.aggregate import AGG_SCHEMA, agg_sets, progress_fingerprint, run_aggregation
+from confagg.config import load_config
+from confagg.curation import load_samples
+from confagg.estimators import MODEL_FREE, budgets_up_to
+from confagg.generation import ShardProgress
+from conftest import BASE_CONFIGS
+from test_report import count_panels
+
+AGGREGATORS = ["conf_agg", "conf_agg_noconf", "agg_prompted"]
+REPORT = ["results/report/summary.csv", "results/report/summary.md",
+          "results/report/accuracy_vs_samples.png", "results/report/accuracy_vs_tokens.png"]
+RUN = "confagg-grpo"
+AGG_DIR = f"results/evaluate/{RUN}/arith_test/aggregations"
+SAMPLES = "results/generate/smollm2-135m/arith_test/samples.parquet"
+
+
+def overlay(tmp_path, name, data) -> list:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return [*BASE_CONFIGS, path]
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run as {rule: count}."""
+    table = output.split("Job stats:")[1].split("Reasons:")[0]
+    return {m.group(1): int(m.group(2))
+            for m in re.finditer(r"^(\w+)\s+(\d+)$", table, flags=re.M) if m.group(1) != "total"}
+
+
+def check_report(pipeline, benchmarks: dict[str, int], aggregators=AGGREGATORS,
+                 agg_budgets=(1, 2)) -> list[dict]:
+    """Every method at every budget for every benchmark, sane numbers, real plots."""
+    with open(pipeline.path("results/report/summary.csv")) as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["benchmark", "method", "budget", "accuracy", "ci_low", "ci_high",
+                             "mean_tokens"]
+    assert {r["benchmark"] for r in rows} == set(benchmarks)
+    for bench, n in benchmarks.items():
+        got = {(r["method"], int(r["budget"])) for r in rows if r["benchmark"] == bench}
+        want = {(m, b) for m in MODEL_FREE for b in budgets_up_to(n)}
+        want |= {(m, b) for m in aggregators for b in agg_budgets if b <= n}
+        assert got == want, bench
+    for r in rows:
+        acc, lo, hi = float(r["accuracy"]), float(r["ci_low"]), float(r["ci_high"])
+        assert 0 <= lo <= acc + 1e-6 and acc <= hi + 1e-6 and hi <= 1, r
+        assert float(r["mean_tokens"]) > 0, r
+    for name in ("accuracy_vs_samples", "accuracy_vs_tokens"):
+        assert count_panels(pipeline.path(f"results/report/{name}.png")) == len(benchmarks)
+    md = pipeline.path("results/report/summary.md").read_text()
+    for bench, n in benchmarks.items():
+        assert f"## {bench} (" in md
+        assert f"majority@{n}" in md  # the headline compares with the largest budget
+    assert md.count("**Headline:**") == len(benchmarks)
+    return rows
+
+
+def test_evaluation_of_the_test_pipeline(pipeline, bundled_model):
+    pipeline.run(*REPORT)
+    rows = check_report(pipeline, {"arith_test": 8})
+    # pass@1 is the graded pool's accuracy, at every budget
+    grade = json.loads(pipeline.path("results/generate/smollm2-135m/arith_test/"
+                                     "grade_summary.json").read_text())
+    pass1 = [float(r["accuracy"]) for r in rows if r["method"] == "single"]
+    assert pass1 == [pytest.approx(grade["accuracy"], abs=1e-6)] * 4
+    # the oracle at m=8 (the whole pool) is the share of problems with a right sample
+    samples = pq.read_table(pipeline.path(SAMPLES)).to_pandas()
+    solved = samples.groupby("problem_id")["correct"].any().mean()
+    oracle8 = next(r for r in rows if r["method"] == "oracle" and r["budget"] == "8")
+    assert float(oracle8["accuracy"]) == pytest.approx(solved, abs=1e-6)
+
+    # aggregations: 4 problems x 1 set x 2 answers per budget; candidates from the pool,
+    # the same sets for every method, tokens from the pool's rows
+    n_tokens = {(p, i): t for p, i, t in zip(samples.problem_id, samples.sample_idx,
+                                              samples.n_tokens)}
+    tables = {m: pq.read_table(pipeline.path(f"{AGG_DIR}/{m}.parquet")) for m in AGGREGATORS}
+    for method, t in tables.items():
+        assert t.schema.equals(AGG_SCHEMA), method
+        d = t.to_pylist()
+        assert len(d) == 4 * 1 * 2 * 2, method
+        for r in d:
+            assert len(r["candidate_ids"]) == r["budget"]
+            assert r["solver_tokens"] == sum(n_tokens[(r["problem_id"], i)]
+                                             for i in r["candidate_ids"])
+            assert 0 < r["agg_tokens"] <= 24
+            assert r["grade_status"] in ("ok", "no_answer", "timeout", "error")
+            assert r["correct"] is False or r["grade_status"] == "ok"
+        sets = sorted((r["problem_id"], r["budget"], r["candidate_ids"]) for r in d)
+        assert sets == sorted((r["problem_id"], r["budget"], r["candidate_ids"])
+                              for r in tables["conf_agg"].to_pylist())
+    # the aggregators' rows of metrics.parquet are the means of those tables
+    metrics = pq.read_table(pipeline.path(f"results/evaluate/{RUN}/arith_test/"
+                                          "metrics.parquet")).to_pylist()
+    for method, t in tables.items():
+        df = t.to_pandas()
+        for m in (1, 2):
+            row = next(r for r in metrics if r["method"] == method and r["budget"] == m)
+            sub = df[df.budget == m]
+            assert row["accuracy"] == pytest.approx(sub.groupby("problem_id")["correct"]
+                                                    .mean().mean())
+            assert row["mean_tokens"] == pytest.approx((sub.agg_tokens + sub.solver_tokens)
+                                                       .mean())
+    assert not pipeline.path(f"results/.progress/evaluate/{RUN}").exists() or not any(
+        pipeline.path(f"results/.progress/evaluate/{RUN}").rglob("*.parquet"))
+
+
+def test_snakemake_report_holds_the_table_and_plots(pipeline, bundled_model, tmp_path):
+    pipeline.run(*REPORT)
+    html = tmp_path / "report.html"
+    pipeline.run("--report", str(html))
+    text = html.read_text(errors="replace")
+    for name in ("summary.csv", "summary.md", "accuracy_vs_samples.png",
+                 "accuracy_vs_tokens.png"):
+        assert name in text, name
+    assert "Evaluation" in text
+
+
+def test_a_changed_estimator_setting_reruns_only_the_cheap_jobs(pipeline, bundled_model,
+                                                                tmp_path):
+    pipeline.run(*REPORT)
+    proc = pipeline.run("-n", *REPORT, configfiles=overlay(
+        tmp_path, "draws.yaml", {"evaluation": {"n_draws": 77, "bootstrap": 123}}))
+    assert job_counts(proc.stdout) == {"evaluate_benchmark": 1, "report": 1}
+    proc = pipeline.run("-n", *REPORT, configfiles=overlay(
+        tmp_path, "temp.yaml", {"evaluation": {"agg_temperature": 0.7}}))
+    assert job_counts(proc.stdout) == {"aggregate": 3, "evaluate_benchmark": 1, "report": 1}
+
+
+def test_aggregation_resumes_from_saved_parts(pipeline, bundled_model, tmp_path, caplog):
+    """Finished parts are kept and skipped: with every part saved no engine is needed
+    (the model path does not even exist); with half saved only the rest is to do."""
+    pipeline.run(*REPORT)
+    cfg = load_config(*BASE_CONFIGS)
+    ev = cfg["evaluation"]
+    full = pq.read_table(pipeline.path(f"{AGG_DIR}/conf_agg.parquet"))
+    cal = pipeline.path("results/curate/smollm2-135m/arith_train/calibration.json")
+    samples = load_samples(str(pipeline.path(SAMPLES)), cfg["curation"]["confidence_metric"])
+    sets = agg_sets(samples, ev["agg_budgets"], ev["agg_sets"], ev["seed"])
+    missing_model = str(tmp_path / "no-model")
+    kw = dict(samples_path=str(pipeline.path(SAMPLES)),
+              dataset_path=str(pipeline.path("resources/datasets/arith_test.jsonl")),
+              calibration_path=str(cal), model_path=missing_model, vllm_cfg=cfg["vllm"],
+              evaluation=ev, show_confidence=True,
+              token_budget=cfg["curation"]["prompt_token_budget"], grading=cfg["grading"],
+              progress_dir=str(tmp_path / "progress"))
+    progress = ShardProgress(kw["progress_dir"], progress_fingerprint(
+        model_path=missing_model, evaluation=ev, show_confidence=True,
+        token_budget=kw["token_budget"], calibration_path=str(cal), sets=sets))
+    budget = np.array(full.column("budget").to_pylist())
+    progress.write(full.filter(budget == 1))
+    caplog.set_level(logging.INFO, logger="confagg.aggregate")
+    with pytest.raises(FileNotFoundError, match="no-model: model folder not found"):
+        run_aggregation(out_path=str(tmp_path / "half.parquet"), **kw)
+    assert "8 sets over budgets [1, 2]; 4 done before, 4 to do" in caplog.text
+    assert len(progress.parts()) == 1  # the saved part survives the failure
+    progress.write(full.filter(budget == 2))
+    assert run_aggregation(out_path=str(tmp_path / "all.parquet"), **kw) == full.num_rows
+    assert "8 done before, 0 to do" in caplog.text
+    assert pq.read_table(tmp_path / "all.parquet").equals(full)
+    assert not (tmp_path / "progress").exists()
+
+
+def test_benchmark_added_by_config_alone(pipeline, bundled_model, tmp_path):
+    """A local file with other field names flows through every stage, no code change."""
+    bench = tmp_path / "my_bench.jsonl"
+    bench.write_text("".join(json.dumps({"qid": f"q{i}", "question": q, "final": a}) + "\n"
+                             for i, (q, a) in enumerate([("What is 3 + 4?", "7"),
+                                                         ("What is 9 - 5?", "4"),
+                                                         ("What is 2 * 3?", "6")])))
+    # Only conf_agg here, to keep the test short; arith_test's aggregations are reused.
+    files = overlay(tmp_path, "bench.yaml", {
+        "datasets": {"my_bench": {"source": f"file:{bench}", "n_samples": 4,
+                                  "fields": {"id": "qid", "problem": "question",
+                                             "answer": "final"}}},
+        "benchmarks": ["arith_test", "my_bench"],
+        "evaluation": {"agg_methods": ["conf_agg"]}})
+    try:
+        pipeline.run(*REPORT, configfiles=files)
+        norm = pipeline.path("resources/datasets/my_bench.jsonl").read_text().splitlines()
+        assert json.loads(norm[0]) == {"id": "q0", "problem": "What is 3 + 4?", "answer": "7",
+                                       "source": f"file:{bench}"}
+        samples = pq.read_table(pipeline.path(
+            "results/generate/smollm2-135m/my_bench/samples.parquet"))
+        assert samples.num_rows == 3 * 4
+        assert pipeline.path(f"results/evaluate/{RUN}/my_bench/aggregations/"
+                             "conf_agg.parquet").exists()
+        check_report(pipeline, {"arith_test": 8, "my_bench": 4}, aggregators=["conf_agg"])
+    finally:
+        pipeline.run(*REPORT)  # the session's other tests expect the base report
+    check_report(pipeline, {"arith_test": 8})

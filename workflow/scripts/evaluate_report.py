@@ -1,0 +1,20 @@
+"""Rule report: summary.csv, summary.md (with the headline) and the two plots."""
+
+from confagg.io import read_parquet
+from confagg.report import headline, plot, write_summary
+from confagg.smk import setup_logging
+
+
+def main(smk):
+    log = setup_logging(smk)
+    rows = [r for path in smk.input for r in read_parquet(path).to_pylist()]
+    write_summary(rows, smk.output.csv, smk.output.md)
+    plot(rows, smk.output.samples_png, x="budget")
+    plot(rows, smk.output.tokens_png, x="mean_tokens")
+    for bench in sorted({r["benchmark"] for r in rows}):
+        log.info("%s: %s", bench, headline([r for r in rows if r["benchmark"] == bench]))
+    log.info("report of %d rows from %d benchmark(s) written", len(rows), len(smk.input))
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821
