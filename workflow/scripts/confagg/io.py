@@ -26,6 +26,13 @@ class DataError(ValueError):
         super().__init__(f"{where}: {message}")
 
 
+def _apply_umask(path: str) -> None:
+    """mkstemp creates files as 0600; give them the mode an ordinary open() would."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def ensure_parent(path: str | os.PathLike) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -39,6 +46,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        _apply_umask(tmp)
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -81,6 +89,7 @@ def write_parquet(path: str | os.PathLike, table) -> None:
     os.close(fd)
     try:
         pq.write_table(table, tmp, compression="zstd")
+        _apply_umask(tmp)
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
