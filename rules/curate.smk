@@ -54,7 +54,7 @@ rule aggregation_sets:
         ),
     params:
         curation=config["curation"],
-        tokenizer=model_path(AGGREGATOR),
+        tokenizer=lambda wc, input: input.tokenizer if input.tokenizer else model_path(AGGREGATOR),
     log:
         "logs/curate/{model}/{dataset}/aggregation_sets.log",
     benchmark:
