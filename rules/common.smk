@@ -120,3 +120,12 @@ def openrlhf_command(wildcards, resources):
         n_gpus=resources.gpu,
     )
     return shell_command(argv)
+
+
+def tokenizer_dir(model_files):
+    """The aggregator's tokenizer location from its input files (a model folder or
+    its config.json), or its Hub id when it has none."""
+    if not model_files:
+        return model_path(AGGREGATOR)
+    first = str(model_files[0])
+    return os.path.dirname(first) if first.endswith("config.json") else first

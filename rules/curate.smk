@@ -54,7 +54,7 @@ rule aggregation_sets:
         ),
     params:
         curation=config["curation"],
-        tokenizer=lambda wc, input: input.tokenizer if input.tokenizer else model_path(AGGREGATOR),
+        tokenizer=lambda wc, input: tokenizer_dir(list(input.tokenizer)),
     log:
         "logs/curate/{model}/{dataset}/aggregation_sets.log",
     benchmark:
