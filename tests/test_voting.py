@@ -1,6 +1,12 @@
 """Votes over equivalence clusters, computed by hand."""
 
-from confagg.voting import filtered_vote, majority_vote, vote_counts, weighted_vote
+from confagg.voting import (
+    filter_keep_count,
+    filtered_vote,
+    majority_vote,
+    vote_counts,
+    weighted_vote,
+)
 
 
 def test_vote_counts_skip_missing_answers():
@@ -31,3 +37,18 @@ def test_filtered_vote_keeps_the_most_confident():
     assert filtered_vote(clusters, conf, 0.3) == 1    # 9.0, 8.5, 8.0 -> 1 has 16.5
     assert filtered_vote(clusters, conf, 1.0) == weighted_vote(clusters, conf)
     assert filtered_vote([-1, -1], [5.0, 1.0], 0.5) == -1
+
+
+def test_filter_keep_count_is_not_fooled_by_float_error():
+    assert 0.07 * 100 > 7  # a float product that a bare ceil() rounds up to 8
+    assert filter_keep_count(0.07, 100) == 7
+    assert filter_keep_count(0.1, 30) == 3
+    assert filter_keep_count(0.9, 10) == 9
+    assert filter_keep_count(0.1, 31) == 4
+    assert filter_keep_count(0.1, 5) == 1
+    # 30 traces, 0.1: of the three most confident, cluster 1 weighs most; a fourth
+    # trace (cluster 0) would tip the vote to cluster 0
+    clusters = [1, 0, 2, 0] + [3] * 26
+    conf = [9.0, 8.9, 8.8, 8.7] + [0.0] * 26
+    assert filtered_vote(clusters, conf, 0.1) == 1
+    assert weighted_vote(clusters[:4], conf[:4]) == 0

@@ -37,6 +37,8 @@ from itertools import combinations
 
 import numpy as np
 
+from .voting import filter_keep_count
+
 log = logging.getLogger(__name__)
 
 MODEL_FREE = ("single", "majority", "weighted", "filtered10", "filtered90", "best_conf", "oracle")
@@ -135,7 +137,7 @@ def method_accuracy(method: str, pool: ProblemPool, idx: np.ndarray) -> np.ndarr
     if method == "weighted":
         return vote_accuracy(cl, conf, right)
     if method in FILTER_FRACTIONS:
-        keep = max(1, math.ceil(FILTER_FRACTIONS[method] * idx.shape[1] - 1e-9))
+        keep = filter_keep_count(FILTER_FRACTIONS[method], idx.shape[1])
         top = np.argsort(-conf, axis=1, kind="stable")[:, :keep]
         return vote_accuracy(np.take_along_axis(cl, top, 1), np.take_along_axis(conf, top, 1),
                              right)

@@ -43,14 +43,21 @@ def weighted_vote(clusters: Sequence[int], conf: Sequence[float]) -> int:
     return _winner(vote_counts(clusters, conf))
 
 
+def filter_keep_count(keep_frac: float, n: int) -> int:
+    """How many of n traces a filtered vote keeps: ceil(keep_frac * n), at least 1. The
+    tolerance stops float error from rounding up an exact product (0.07 * 100 is
+    7.000000000000001, which is 7 traces, not 8)."""
+    return max(1, math.ceil(keep_frac * n - 1e-9))
+
+
 def filtered_vote(clusters: Sequence[int], conf: Sequence[float], keep_frac: float) -> int:
-    """DeepConf filtered vote: keep the ceil(keep_frac * n) most confident traces, then
-    weighted vote among them."""
+    """DeepConf filtered vote: keep the filter_keep_count(keep_frac, n) most confident
+    traces, then weighted vote among them."""
     clusters = np.asarray(clusters)
     conf = np.asarray(conf, dtype=np.float64)
     if clusters.size == 0:
         return -1
-    keep = max(1, math.ceil(keep_frac * clusters.size))
+    keep = filter_keep_count(keep_frac, clusters.size)
     # stable sort on -conf keeps the original order among equal confidences
     top = np.sort(np.argsort(-conf, kind="stable")[:keep])
     return weighted_vote(clusters[top], conf[top])
