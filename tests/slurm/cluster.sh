@@ -6,12 +6,13 @@
 #                                    mariadbd, slurmdbd, slurmctld, slurmd; wait until idle
 #   tests/slurm/cluster.sh stop      stop what `start` started (by the pids it recorded)
 #   tests/slurm/cluster.sh status    sinfo and the daemons' pids
-#   tests/slurm/cluster.sh env       the line to eval so sbatch/sacct use this cluster
 #
-# Everything lives under $CONFAGG_SLURM_DIR (default /tmp/confagg-slurm): configs in
-# etc/ (clients find them through SLURM_CONF=etc/slurm.conf; /etc/slurm is untouched),
-# logs in log/, state and pids in run/. Must run as root (it installs packages and
-# runs the daemons as root).
+# The configs go to /etc/slurm (slurm.conf, gres.conf, slurmdbd.conf), where every
+# SLURM command looks, also inside jobs: the Snakemake jobstep plugin drops SLURM_*
+# variables, SLURM_CONF included, before its nested srun. An existing slurm.conf that
+# this script did not write is never touched. Logs, state and pids live under
+# $CONFAGG_SLURM_DIR (default /tmp/confagg-slurm). Must run as root (it installs
+# packages and runs the daemons as root).
 #
 # The node is this machine with its real CPUs and memory (slurmd -C), in partitions
 # `cpu` (default) and `gpu`, as profiles/slurm names them, plus 4 GPUs as generic
@@ -24,7 +25,8 @@
 set -euo pipefail
 
 DIR=${CONFAGG_SLURM_DIR:-/tmp/confagg-slurm}
-ETC=$DIR/etc
+ETC=${CONFAGG_SLURM_ETC:-/etc/slurm}
+MARK="# Written by tests/slurm/cluster.sh"
 LOG=$DIR/log
 RUN=$DIR/run
 CLUSTER=confagg
@@ -81,11 +83,14 @@ write_configs() {
     cpus=$(sed -n 's/.* CPUs=\([0-9]*\).*/\1/p' <<<"$real")
     mem=$(sed -n 's/.* RealMemory=\([0-9]*\).*/\1/p' <<<"$real")
     [ -n "$cpus" ] && [ -n "$mem" ] || die "cannot read CPUs/RealMemory from: $real"
+    if [ -s "$ETC/slurm.conf" ] && ! grep -q "^$MARK" "$ETC/slurm.conf"; then
+        die "$ETC/slurm.conf exists and is not ours: not overwriting it"
+    fi
     mkdir -p "$ETC" "$LOG" "$RUN/ctld" "$RUN/slurmd" "$DIR/gpus"
     # SLURM wants character devices: four links to /dev/null stand in for GPUs.
     for i in 0 1 2 3; do ln -sfn /dev/null "$DIR/gpus/gpu$i"; done
     cat >"$ETC/slurm.conf" <<EOF
-# Written by tests/slurm/cluster.sh: one node ($host), 4 fake GPUs.
+$MARK: one node ($host), 4 fake GPUs.
 ClusterName=$CLUSTER
 SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
@@ -107,7 +112,6 @@ StateSaveLocation=$RUN/ctld
 SlurmdSpoolDir=$RUN/slurmd
 SlurmctldPort=6817
 SlurmdPort=6818
-PlugStackConfig=$ETC/plugstack.conf
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
@@ -122,16 +126,19 @@ AccountingStorageHost=localhost
 AccountingStoragePort=6819
 AccountingStorageTRES=gres/gpu
 JobCompType=jobcomp/none
+# Keep the job comment (the Snakemake plugin writes rule_<rule>_wildcards_...) in sacct.
+AccountingStoreFlags=job_comment
 NodeName=$host NodeAddr=127.0.0.1 $(cut -d' ' -f2- <<<"$real" | sed 's/ *$//') Gres=gpu:4 State=UNKNOWN
 PartitionName=cpu Nodes=$host Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=$host MaxTime=INFINITE State=UP
 EOF
     cat >"$ETC/gres.conf" <<EOF
+$MARK
 AutoDetect=off
 NodeName=$host Name=gpu File=$DIR/gpus/gpu[0-3]
 EOF
-    : >"$ETC/plugstack.conf"
     cat >"$ETC/slurmdbd.conf" <<EOF
+$MARK
 AuthType=auth/munge
 DbdHost=localhost
 DbdPort=6819
@@ -249,6 +256,5 @@ install) install ;;
 start) start ;;
 stop) stop ;;
 status) status ;;
-env) echo "export SLURM_CONF=$SLURM_CONF" ;;
-*) echo "usage: $0 install|start|stop|status|env" >&2; exit 2 ;;
+*) echo "usage: $0 install|start|stop|status" >&2; exit 2 ;;
 esac

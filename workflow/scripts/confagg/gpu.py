@@ -47,6 +47,8 @@ def acquire_gpus(n: int, *, poll_s: float = 1.0, timeout_s: float | None = None)
     """
     preset = os.environ.get("CUDA_VISIBLE_DEVICES")
     if preset is not None:
+        log.info("CUDA_VISIBLE_DEVICES=%s set before the job started (scheduler or user): kept",
+                 preset)
         return [d for d in preset.split(",") if d]
     total = device_count()
     if n <= 0 or total == 0:
