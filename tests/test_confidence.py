@@ -73,3 +73,31 @@ def test_flat_layout_drops_the_sampled_token_outside_the_top_k():
     starts, ends = np.array([0, 3]), np.array([3, 5])
     conf = token_confidence_flat(logprobs, ranks, starts, ends, k=2)
     assert conf.tolist() == pytest.approx([1.0, 1.2])
+
+
+def _vllm_flat(topk_rows, sampled_ranks, outside_lp=-9.0):
+    """vLLM 0.32's FlatLogprobs layout: per position the sampled token first (its rank
+    and log-prob), then the top k in rank order."""
+    logprobs, ranks, starts, ends = [], [], [], []
+    for row, r in zip(topk_rows, sampled_ranks):
+        starts.append(len(logprobs))
+        logprobs += [row[r - 1] if r <= len(row) else outside_lp, *row]
+        ranks += [r, *range(1, len(row) + 1)]
+        ends.append(len(logprobs))
+    return logprobs, ranks, starts, ends
+
+
+def test_flat_layout_of_vllm_counts_each_top_k_entry_once():
+    rng = np.random.default_rng(0)
+    topk = np.sort(-rng.exponential(2.0, size=(300, 20)), axis=1)[:, ::-1]
+    sampled = rng.choice([1, 2, 5, 20, 21, 40], size=300)  # in and outside the top 20
+    flat = _vllm_flat(topk.tolist(), sampled.tolist())
+    expected = reference_token_conf(topk.tolist())
+    # the fast path (Python lists in vLLM's strided layout) ...
+    assert token_confidence_flat(*flat, k=20).tolist() == pytest.approx(expected)
+    # ... and the general path (another layout: the sampled token after the top k)
+    lp, rk, st, en = flat
+    lp2 = np.concatenate([lp[s + 1:e] + lp[s:s + 1] for s, e in zip(st, en)])
+    rk2 = np.concatenate([rk[s + 1:e] + rk[s:s + 1] for s, e in zip(st, en)])
+    assert token_confidence_flat(lp2, rk2, np.array(st), np.array(en), k=20).tolist() == \
+        pytest.approx(expected)

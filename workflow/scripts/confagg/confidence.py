@@ -1,9 +1,10 @@
 """DeepConf confidence (arXiv 2508.15260) from the solver's token log-probabilities.
 
 Token confidence: C_i = -(1/k) * sum of the top-k log-probs at position i (k = the
-`logprobs` setting, 20). Convention here: only the k highest-ranked entries count;
-the sampled token, which vLLM adds to a position's entries when it falls outside
-the top k, is left out (the paper's patch does the same; the reference code keeps it).
+`logprobs` setting, 20). Convention here: only the k highest-ranked entries count,
+each once; the sampled token, which vLLM adds to a position's entries (first, also
+when it is in the top k), is left out when it falls outside the top k (the paper's
+patch does the same; the reference code keeps it).
 A peaked distribution gives very negative log-probs to the runners-up, so a higher
 C means a more confident step.
 
@@ -39,20 +40,53 @@ def token_confidence(topk_logprobs: np.ndarray) -> np.ndarray:
     return conf
 
 
-def token_confidence_flat(logprobs: np.ndarray, ranks: np.ndarray, starts: np.ndarray,
-                          ends: np.ndarray, k: int) -> np.ndarray:
+def token_confidence_flat(logprobs, ranks, starts, ends, k: int) -> np.ndarray:
     """Token confidence from vLLM's flat log-prob layout (FlatLogprobs), in one pass.
 
-    `logprobs`/`ranks` hold every (position, entry); position i owns [starts[i], ends[i]).
-    Entries ranked above k (the sampled token outside the top k) are dropped.
+    Position i owns entries [starts[i], ends[i]) of `logprobs`/`ranks`. vLLM (0.32,
+    `append_logprobs_for_next_position`) writes the sampled token first, then the top k
+    in rank order, so the sampled token appears twice when it is in the top k. Only the
+    top k count, each once: the sampled token's own entry is never counted.
+
+    Fast path for that layout (k + 1 entries per position, ranks 1..k after the first):
+    one conversion of the flat list and a strided mean, no Python loop per entry.
+    Any other layout: entries ranked above k are dropped and a rank seen twice in a
+    position counts once.
     """
+    n = len(starts)
+    if n == 0:
+        return np.zeros(0, dtype=np.float64)
+    stride = k + 1
+    if len(logprobs) == n * stride and _strided_layout(ranks, starts, n, k):
+        lp = np.asarray(logprobs, dtype=np.float64).reshape(n, stride)[:, 1:]
+        conf = lp @ np.full(k, -1.0 / k)
+        if not np.isfinite(conf).all():  # rare: an impossible token's -inf log-prob
+            conf = -np.maximum(lp, _FLOOR).mean(axis=1)
+        return conf
     lp = np.maximum(np.asarray(logprobs, dtype=np.float64), _FLOOR)
-    keep = np.asarray(ranks) <= k
-    pos = np.repeat(np.arange(len(starts)), np.asarray(ends) - np.asarray(starts))
-    total = np.bincount(pos[keep], weights=lp[keep], minlength=len(starts))
-    count = np.bincount(pos[keep], minlength=len(starts))
+    rk = np.array([r if r is not None else k + 1 for r in ranks], dtype=np.int64)
+    starts, ends = np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
+    pos = np.repeat(np.arange(n), ends - starts)
+    keep = rk <= k
+    # A (position, rank) pair counts once: the sampled token duplicates a top-k entry.
+    _, first = np.unique(pos[keep] * (k + 1) + rk[keep], return_index=True)
+    idx = np.flatnonzero(keep)[first]
+    total = np.bincount(pos[idx], weights=lp[idx], minlength=n)
+    count = np.bincount(pos[idx], minlength=n)
     with np.errstate(invalid="ignore", divide="ignore"):
         return -(total / count)
+
+
+def _strided_layout(ranks, starts, n: int, k: int) -> bool:
+    """Whether the entries are vLLM's layout: every position k + 1 entries long, the
+    sampled token first, then ranks 1..k (checked on the first and last top-k column)."""
+    stride = k + 1
+    st = np.asarray(starts, dtype=np.int64)
+    if not np.array_equal(st, np.arange(n, dtype=np.int64) * stride):
+        return False
+    first, last = np.asarray(ranks[1::stride]), np.asarray(ranks[k::stride])
+    return (first.shape == (n,) and last.shape == (n,)
+            and bool((first == 1).all()) and bool((last == k).all()))
 
 
 def group_confidence(conf: np.ndarray, window: int) -> np.ndarray:

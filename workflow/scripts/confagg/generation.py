@@ -112,10 +112,9 @@ def completion_confidence(completion, k: int) -> np.ndarray:
     lps = completion.logprobs
     if lps is None:
         raise ValueError("the engine returned no log-probs (logprobs must be set)")
-    if hasattr(lps, "start_indices"):  # FlatLogprobs
-        ranks = np.array([r if r is not None else k + 1 for r in lps.ranks])
-        return token_confidence_flat(np.array(lps.logprobs), ranks,
-                                     np.array(lps.start_indices), np.array(lps.end_indices), k)
+    if hasattr(lps, "start_indices"):  # FlatLogprobs: its lists as they are
+        return token_confidence_flat(lps.logprobs, lps.ranks, lps.start_indices,
+                                     lps.end_indices, k)
     topk = np.array([sorted((lp.logprob for lp in pos.values()), reverse=True)[:k]
                      for pos in lps])
     return token_confidence(topk)
