@@ -94,6 +94,25 @@ def sampling_settings(wildcards=None):
 
 RUN = config["training"]["run"]
 
+# training keys that only the OpenRLHF command reads (TRL has its own under `trl`);
+# `run` is in the output path and `trainer` picks the rule.
+OPENRLHF_ONLY_KEYS = (
+    "openrlhf",
+    "rollout_batch_size",
+    "train_batch_size",
+    "epochs",
+    "save_steps",
+    "eval_steps",
+    "run",
+    "trainer",
+)
+
+
+def trl_settings(wildcards=None):
+    """The training settings a TRL job reads (its params): a change to an OpenRLHF-only
+    key does not retrain with TRL, nor rerun the evaluation after it."""
+    return {k: v for k, v in config["training"].items() if k not in OPENRLHF_ONLY_KEYS}
+
 
 def train_inputs(wildcards):
     """What a trainer reads: the curated splits and the aggregator's base model."""

@@ -32,7 +32,7 @@ else:
             model=directory("results/train/{run}/model"),
             history="results/train/{run}/train_log.jsonl",
         params:
-            training=config["training"],
+            training=trl_settings(),
             model_path=model_path(AGGREGATOR),
             ckpt_dir="results/.progress/train/{run}/ckpt",
         resources:

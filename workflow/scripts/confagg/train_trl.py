@@ -30,9 +30,22 @@ def load_prompts(path: str) -> list[dict[str, Any]]:
     return out
 
 
+def _complete(ckpt: Path) -> bool:
+    """Trainer writes trainer_state.json last: a checkpoint killed while it was being
+    saved lacks it, or holds it cut short."""
+    try:
+        json.loads((ckpt / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        log.warning("skipping %s: saved only in part", ckpt)
+        return False
+    return True
+
+
 def last_checkpoint(ckpt_dir: str | Path) -> str | None:
+    """The newest complete checkpoint in `ckpt_dir`, or None."""
     ckpts = sorted(Path(ckpt_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return str(ckpts[-1]) if ckpts else None
+    done = [p for p in ckpts if _complete(p)]
+    return str(done[-1]) if done else None
 
 
 def train(cfg: dict[str, Any], *, model_path: str, train_path: str,
