@@ -103,3 +103,27 @@ def test_verify_one_never_raises():
     assert verify_one("4", r"\boxed{4}".replace(r"\boxed{", "").rstrip("}")) == Grade(True, "ok")
     assert verify_one("4", None) == Grade(False, "no_answer")
     assert verify_one("1", "10^{10^{10^{10^{10^{10}}}}}", timeout_s=1.0).status == "timeout"
+
+
+def test_surrounding_whitespace_shares_one_cache_entry_with_math_verifys_verdict():
+    from math_verify import parse, verify
+
+    items = [(r"\frac{1}{2}", "0.5"), (r" \frac{1}{2}", " 0.5\n"), (r"\frac{1}{2} ", "0.5 "),
+             ("x^2+1", " x^2 + 1 "), ("x^2+1", "x^2+1")]
+    with Grader(workers=1, timeout_s=5.0) as g:
+        grades = g.grade(items)
+        assert g.stats["computed"] == 3  # ("1/2", "0.5"), ("x^2+1", "x^2 + 1"), its exact copy
+    expected = [verify(parse(f"\\boxed{{{a}}}"), parse(f"\\boxed{{{b}}}")) for a, b in items]
+    assert [x.correct for x in grades] == expected == [True] * 5
+
+
+def test_a_hang_inside_a_batch_costs_only_its_own_item():
+    hang = "10^{10^{10^{10^{10^{10}}}}}"
+    items = [("1/2", f"{i}/{2 * i}") for i in range(1, 9)]
+    items.insert(4, ("1", hang))
+    with Grader(workers=1, timeout_s=2.0) as g:
+        grades = g.grade(items)
+        assert g.stats["timeouts"] == 1
+        assert g.grade([("3/4", "6/8")]) == [Grade(True, "ok")]  # the replacement worker works
+    assert grades[4] == Grade(False, "timeout")
+    assert [x for i, x in enumerate(grades) if i != 4] == [Grade(True, "ok")] * 8

@@ -6,6 +6,14 @@ parse and verify runs in worker processes that the parent kills and replaces whe
 an item exceeds its time limit. Results are cached per (gold, answer) pair: many
 samples of one problem share an answer string.
 
+What keeps it fast: answers are compared as stripped strings, so copies of one
+answer cost one lookup; pairs of plain integers are decided in the parent; the
+rest go to the workers in batches grouped by gold answer, so a worker parses each
+gold once and each distinct answer once (per-worker parse cache). Workers fork from
+a server process that has math-verify imported already, so starting one, or
+replacing one killed at its time limit, costs milliseconds, not an interpreter
+start and a math-verify import.
+
 Convention: the gold answer is always parsed first (`verify(gold, pred)`, which is
 asymmetric), and both sides are wrapped in ``\\boxed{}`` so that bare LaTeX such as
 ``0,i\\sqrt{6},-i\\sqrt{6}`` is parsed as one expression.
@@ -28,7 +36,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 STATUSES = ("ok", "no_answer", "timeout", "error")
-_CHUNK = 32  # items sent to a worker at once; small enough that a kill loses little
+_CHUNK = 32  # items sent to a worker at once (at most); small enough that a kill loses little
 # Plain integers (most AIME/GSM8K/arithmetic answers) are compared without math-verify,
 # which gives the same verdict for them; this skips a worker round trip per pair.
 _INT = re.compile(r"-?[0-9]{1,100}")  # bounded: int() refuses huge digit strings
@@ -64,6 +72,12 @@ def last_boxed(text: str) -> str | None:
                 content = text[start:j].strip()
                 return content or None
     return None  # unbalanced: the answer was cut off
+
+
+def _norm(s: str) -> str:
+    """The form an answer is compared in: surrounding whitespace never changes a verdict
+    (both sides are wrapped in \\boxed{}), so " 1/2" and "1/2 " share one cache entry."""
+    return s.strip()
 
 
 def _int_pair(a: str, b: str) -> tuple[int, int] | None:
@@ -137,6 +151,18 @@ class _Worker:
 
 # ----------------------------------------------------------------------------- parent side
 
+def _worker_context():
+    """Workers fork from multiprocessing's fork server, a fresh single-threaded process
+    (so safe beside torch/vLLM threads, like spawn) that imports math-verify once:
+    each worker then starts in milliseconds with math-verify loaded. Falls back to
+    spawn where there is no fork server (Windows)."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["math_verify", __name__])
+    return ctx
+
+
 class Grader:
     """A pool of math-verify workers with a hard per-item timeout and a result cache.
 
@@ -146,7 +172,7 @@ class Grader:
     def __init__(self, workers: int = 2, timeout_s: float = 5.0):
         self.n_workers = max(1, workers)
         self.timeout_s = timeout_s
-        self._ctx = mp.get_context("spawn")  # safe beside torch/vLLM threads
+        self._ctx = _worker_context()
         self._workers: list[_Worker] = []
         self._cache: dict[tuple, object] = {}
         self.stats = {"computed": 0, "cache_hits": 0, "timeouts": 0, "errors": 0}
@@ -164,8 +190,13 @@ class Grader:
 
     def _run(self, tasks: list[tuple[str, str, str | None]], progress: str | None = None) -> dict:
         """Compute the uncached tasks; returns {task: (status, value)} for all of them."""
-        todo = deque(t for t in dict.fromkeys(tasks) if t not in self._cache)
+        # Grouped by gold (a task's first string), so one worker parses a gold once.
+        todo = deque(sorted((t for t in dict.fromkeys(tasks) if t not in self._cache),
+                            key=lambda t: t[1]))
         self.stats["cache_hits"] += len(tasks) - len(todo)
+        # Batches small enough that every worker gets several (balanced ends), never
+        # above _CHUNK (a kill at a time limit re-queues the rest of a batch).
+        chunk = max(1, min(_CHUNK, len(todo) // (4 * self.n_workers)))
         bar = None
         if progress and todo:
             from tqdm import tqdm
@@ -177,7 +208,7 @@ class Grader:
         while todo or busy:
             for w in self._workers:  # feed idle workers
                 if w.conn not in busy and todo:
-                    batch = [todo.popleft() for _ in range(min(_CHUNK, len(todo)))]
+                    batch = [todo.popleft() for _ in range(min(chunk, len(todo)))]
                     w.pending.extend(batch)
                     w.conn.send([(t, *t) for t in batch])
                     w.deadline = time.monotonic() + self.timeout_s
@@ -249,7 +280,8 @@ class Grader:
     def grade(self, items: Sequence[tuple[str, str | None]],
               progress: str | None = None) -> list[Grade]:
         """Grade (gold, answer) pairs. No answer: no_answer; timeout/error: not correct."""
-        tasks = [("grade", g, a) for g, a in items if a is not None and not _int_pair(g, a)]
+        tasks = [("grade", _norm(g), _norm(a)) for g, a in items
+                 if a is not None and not _int_pair(g, a)]
         results = self._run(tasks, progress)
         grades = []
         for gold, ans in items:
@@ -260,13 +292,14 @@ class Grader:
             if ints:
                 grades.append(Grade(ints[0] == ints[1], "ok"))
                 continue
-            status, value = results[("grade", gold, ans)]
+            status, value = results[("grade", _norm(gold), _norm(ans))]
             grades.append(Grade(bool(value) if status == "ok" else False, status))
         return grades
 
     def equivalent(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:
         """Whether two answers are the same mathematical object (a timeout counts as not)."""
-        tasks = [("equiv", a, b) for a, b in pairs if a != b and not _int_pair(a, b)]
+        tasks = [("equiv", _norm(a), _norm(b)) for a, b in pairs
+                 if a != b and not _int_pair(a, b)]
         results = self._run(tasks)
         out = []
         for a, b in pairs:
@@ -274,7 +307,7 @@ class Grader:
             if a == b or ints:
                 out.append(a == b or ints[0] == ints[1])
             else:
-                status, value = results[("equiv", a, b)]
+                status, value = results[("equiv", _norm(a), _norm(b))]
                 out.append(status == "ok" and bool(value))
         return out
 
