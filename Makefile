@@ -8,7 +8,7 @@ FLAVOUR := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu
 STAMP := $(VENV)/.setup-$(FLAVOUR)
 OPENRLHF_TARGET := $(VENV)/openrlhf-0.11.2
 
-.PHONY: setup run test lint dry-run install-profiles clean-results
+.PHONY: setup run test lint bench dry-run install-profiles clean-results
 
 setup: $(STAMP)
 
@@ -36,6 +36,12 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/snakemake --lint
+
+# Performance figures (README "Performance"): the bundled model, the shared data, the CPU;
+# prints a table and writes results/bench/bench.json. BENCH_ARGS=--quick for a fast pass.
+bench: setup
+	$(VENV)/bin/snakemake --profile profiles/local resources/models/smollm2-135m
+	$(PY) -m confagg.bench $(BENCH_ARGS)
 
 dry-run: setup
 	$(VENV)/bin/snakemake --profile profiles/gpu4 -n

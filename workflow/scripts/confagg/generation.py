@@ -172,8 +172,11 @@ class ShardProgress:
 
 def generate_shard(*, dataset_path: str, out_path: str, progress_dir: str, shard: int,
                    n_shards: int, n: int, model_path: str, model_spec: dict, vllm_cfg: dict,
-                   sampling: dict, conf_window: int, batch_problems: int) -> int:
-    """Generate `n` samples for every problem of one shard; returns the row count."""
+                   sampling: dict, conf_window: int, batch_problems: int, llm=None) -> int:
+    """Generate `n` samples for every problem of one shard; returns the row count.
+
+    `llm`: an engine already started (the benchmark times the shard's work apart from
+    the engine start); by default the shard starts its own, seeded for the shard."""
     from tqdm import tqdm
 
     rows = read_jsonl(dataset_path)
@@ -189,7 +192,8 @@ def generate_shard(*, dataset_path: str, out_path: str, progress_dir: str, shard
     log.info("shard %d/%d: %d problems, %d already finished, %d to generate",
              shard, n_shards, len(mine), len(mine) - len(todo), len(todo))
     if todo:
-        llm = make_engine(model_path, vllm_cfg, seed=sampling["seed"] + shard)
+        if llm is None:
+            llm = make_engine(model_path, vllm_cfg, seed=sampling["seed"] + shard)
         tokenizer = llm.get_tokenizer()
         template = model_spec.get("prompt_template") or "{problem}"
         params = sampling_params(sampling, n)
