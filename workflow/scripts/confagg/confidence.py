@@ -19,6 +19,7 @@ Trace statistics over C (all vectorized with cumulative sums):
 
 from __future__ import annotations
 
+import array
 import math
 
 import numpy as np
@@ -58,7 +59,7 @@ def token_confidence_flat(logprobs, ranks, starts, ends, k: int) -> np.ndarray:
         return np.zeros(0, dtype=np.float64)
     stride = k + 1
     if len(logprobs) == n * stride and _strided_layout(ranks, starts, n, k):
-        lp = np.asarray(logprobs, dtype=np.float64).reshape(n, stride)[:, 1:]
+        lp = _floats(logprobs).reshape(n, stride)[:, 1:]
         conf = lp @ np.full(k, -1.0 / k)
         if not np.isfinite(conf).all():  # rare: an impossible token's -inf log-prob
             conf = -np.maximum(lp, _FLOOR).mean(axis=1)
@@ -77,16 +78,31 @@ def token_confidence_flat(logprobs, ranks, starts, ends, k: int) -> np.ndarray:
         return -(total / count)
 
 
+def _floats(values) -> np.ndarray:
+    """A float64 array of a list of floats (vLLM's lists): through array.array, which
+    converts a list about 1.4x faster than np.asarray; anything else as np.asarray."""
+    if isinstance(values, list):
+        try:
+            return np.frombuffer(array.array("d", values), dtype=np.float64)
+        except TypeError:  # not all floats (None): numpy's conversion decides
+            pass
+    return np.asarray(values, dtype=np.float64)
+
+
 def _strided_layout(ranks, starts, n: int, k: int) -> bool:
     """Whether the entries are vLLM's layout: every position k + 1 entries long, the
     sampled token first, then ranks 1..k (checked on the first and last top-k column)."""
     stride = k + 1
-    st = np.asarray(starts, dtype=np.int64)
-    if not np.array_equal(st, np.arange(n, dtype=np.int64) * stride):
+    if isinstance(starts, list):  # vLLM's lists: compared as lists, no conversion
+        if starts != list(range(0, n * stride, stride)):
+            return False
+    elif not np.array_equal(np.asarray(starts), np.arange(n) * stride):
         return False
-    first, last = np.asarray(ranks[1::stride]), np.asarray(ranks[k::stride])
-    return (first.shape == (n,) and last.shape == (n,)
-            and bool((first == 1).all()) and bool((last == k).all()))
+    first, last = ranks[1::stride], ranks[k::stride]
+    if isinstance(first, list):
+        return first == [1] * n and last == [k] * n
+    return (len(first) == n and len(last) == n and bool((np.asarray(first) == 1).all())
+            and bool((np.asarray(last) == k).all()))
 
 
 def group_confidence(conf: np.ndarray, window: int) -> np.ndarray:
