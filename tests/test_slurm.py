@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, run_snakemake
+from conftest import BASE_CONFIGS, REPO, run_snakemake
 
 CLUSTER_SH = REPO / "tests" / "slurm" / "cluster.sh"
 PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
@@ -116,68 +116,122 @@ def _planned_jobs(output: str) -> Counter:
     raise AssertionError(f"no job stats in the output:\n{output[:3000]}")
 
 
-def test_embedded_default_on_slurm(slurm_cluster, tmp_path):
-    default, per_rule, settings = _merged_resources()
-    # The second profile: the merged resources and the test settings. Everything
-    # else (executor: slurm, jobs, latency-wait, ...) comes from profiles/slurm.
-    overlay_profile = tmp_path / "slurm-test-profile"
-    overlay_profile.mkdir()
-    (overlay_profile / "config.yaml").write_text(yaml.safe_dump(
-        {"default-resources": default, "set-resources": per_rule, **settings}, sort_keys=False))
-    workdir = tmp_path / "work"
-    workdir.mkdir()
+def _check_job(job: dict, want: dict, state: tuple[str, str]) -> list[str]:
+    """SLURM's record of one job against what the merged profile gives its rule."""
+    tres = _tres(job["AllocTRES"])
+    got = {
+        "state": (job["State"], job["ExitCode"]),
+        "slurm_partition": job["Partition"],
+        "slurm_account": job["Account"],
+        "gpu": int(tres.get("gres/gpu", 0)),
+        "runtime": int(job["TimelimitRaw"]),
+        "mem_mb": _mem_mb(tres["mem"]),
+        "cpus_per_task": int(job["AllocCPUS"]),
+    }
+    expect = {"state": state, **{k: want[k] for k in got if k != "state"}}
+    if got == expect:
+        return []
+    return [f"SLURM job {job['JobIDRaw']} ({job['Comment']}): SLURM has {got}, "
+            f"the profile says {expect}"]
 
+
+def _rule_of(job: dict) -> str:
+    m = re.fullmatch(r"rule_(\w+?)(_wildcards_.*)?", job["Comment"])
+    assert m, f"SLURM job {job['JobIDRaw']} has comment {job['Comment']!r}"
+    return m.group(1)
+
+
+class SlurmRun:
+    def __init__(self, tmp: Path, env: dict):
+        self.default, self.per_rule, settings = _merged_resources()
+        self.env = env
+        # The second profile: the merged resources and the test settings. Everything
+        # else (executor: slurm, jobs, latency-wait, ...) comes from profiles/slurm.
+        self.profile = tmp / "slurm-test-profile"
+        self.profile.mkdir()
+        (self.profile / "config.yaml").write_text(yaml.safe_dump(
+            {"default-resources": self.default, "set-resources": self.per_rule, **settings},
+            sort_keys=False))
+        self.workdir = (tmp / "work").resolve()
+        self.workdir.mkdir()
+
+    def run(self, *args, **kw):
+        return run_snakemake(self.workdir, "--profile", str(REPO / "profiles" / "slurm"),
+                             "--profile", str(self.profile), *args, profile=None,
+                             env=self.env, **kw)
+
+    def expected(self, rule: str) -> dict:
+        return {**self.default, **self.per_rule.get(rule, {})}
+
+    def jobs(self) -> list[dict]:
+        return _sacct_jobs(self.env, self.workdir)
+
+
+@pytest.fixture(scope="module")
+def slurm_run(slurm_cluster, tmp_path_factory):
+    """The embedded default (tests/test_config.yaml sizes) run through profiles/slurm."""
+    run = SlurmRun(tmp_path_factory.mktemp("slurm"), slurm_cluster)
     t0 = time.monotonic()
-    proc = run_snakemake(workdir, "--profile", str(REPO / "profiles" / "slurm"),
-                         "--profile", str(overlay_profile), profile=None,
-                         env=slurm_cluster, timeout=1500)
-    elapsed = time.monotonic() - t0
-    print(f"snakemake --profile profiles/slurm: {elapsed:.0f}s")
-    out = proc.stdout
+    proc = run.run(timeout=1500)
+    took = re.findall(r"Elapsed time: (\S+)", proc.stdout)
+    print(f"snakemake --profile profiles/slurm: {time.monotonic() - t0:.0f}s with the vLLM "
+          f"lock wait, Snakemake's own elapsed time {took[-1] if took else '?'}")
+    run.output = proc.stdout
+    return run
+
+
+def test_embedded_default_on_slurm(slurm_run):
+    out, workdir = slurm_run.output, slurm_run.workdir
     assert "SLURM run ID" in out, out[-3000:]
     assert (workdir / "results" / "report" / "summary.csv").exists()
 
     planned = _planned_jobs(out)
-    jobs = _sacct_jobs(slurm_cluster, workdir.resolve())
+    jobs = slurm_run.jobs()
     assert jobs, "sacct shows no job from this run"
     by_rule = Counter()
     mismatches = []
     for job in jobs:
-        m = re.fullmatch(r"rule_(\w+?)(_wildcards_.*)?", job["Comment"])
-        assert m, f"SLURM job {job['JobIDRaw']} has comment {job['Comment']!r}"
-        rule = m.group(1)
+        rule = _rule_of(job)
         by_rule[rule] += 1
-        want = _expected(rule, default, per_rule)
-        tres = _tres(job["AllocTRES"])
-        got = {
-            "state": (job["State"], job["ExitCode"]),
-            "slurm_partition": job["Partition"],
-            "slurm_account": job["Account"],
-            "gpu": int(tres.get("gres/gpu", 0)),
-            "runtime": int(job["TimelimitRaw"]),
-            "mem_mb": _mem_mb(tres["mem"]),
-            "cpus_per_task": int(job["AllocCPUS"]),
-        }
-        expect = {"state": ("COMPLETED", "0:0"),
-                  **{k: want[k] for k in ("slurm_partition", "slurm_account", "gpu", "runtime",
-                                          "mem_mb", "cpus_per_task")}}
-        if got != expect:
-            mismatches.append(f"{rule} (SLURM job {job['JobIDRaw']}): SLURM has {got}, "
-                              f"the profile says {expect}")
+        mismatches += _check_job(job, slurm_run.expected(rule), ("COMPLETED", "0:0"))
     assert not mismatches, "\n".join(mismatches)
 
     # Every job Snakemake planned ran as one SLURM job (`all` has nothing to run).
     planned.pop("all", None)
     assert by_rule == planned, f"SLURM jobs per rule {dict(by_rule)} != planned {dict(planned)}"
-    # The GPU rules ran on the gpu partition with a GPU, the rest without.
-    gpu_rules = {r for r in by_rule if _expected(r, default, per_rule)["gpu"] > 0}
-    assert {"generate", "aggregate", "train_trl"} <= gpu_rules
+    # The GPU rules asked for GPUs (and the test checked SLURM gave them).
+    gpu_rules = {r for r in by_rule if slurm_run.expected(r)["gpu"] > 0}
+    assert gpu_rules == {"generate", "aggregate", "train_trl"}
 
-    # SLURM chose the device (its CUDA_VISIBLE_DEVICES from the fake gres) and the
-    # job kept it; vLLM on the CPU ran with it set.
+    # SLURM chose the devices (its CUDA_VISIBLE_DEVICES from the fake gres), the vLLM
+    # jobs kept them, and vLLM's CPU build ran with the variable set. (train_trl with
+    # trl.use_cpu does not look at devices at all.)
     logs = sorted((workdir / "logs").glob("generate/**/shard*.log")) + sorted(
         (workdir / "logs").glob("evaluate/**/aggregate_*.log"))
     assert len(logs) == planned["generate"] + planned["aggregate"]
     for log in logs:
-        text = log.read_text()
-        assert re.search(r"CUDA_VISIBLE_DEVICES=[0-3] set before the job started", text), log
+        assert re.search(r"CUDA_VISIBLE_DEVICES=[0-3] set before the job started",
+                         log.read_text()), log
+
+
+def test_train_openrlhf_allocation_on_slurm(slurm_run, tmp_path):
+    """train_openrlhf (the 4-GPU rule) gets its profile entry from SLURM: 4 GPUs on the
+    gpu partition. OpenRLHF itself cannot run here (no GPU, no OpenRLHF environment:
+    it imports CUDA-only vllm/deepspeed/flash_attn), so the job is expected to fail
+    inside its allocation; the test checks the allocation and the reason."""
+    layer = tmp_path / "openrlhf.yaml"
+    layer.write_text(yaml.safe_dump({"training": {"trainer": "openrlhf", "run": "slurm-openrlhf"}}))
+
+    proc = slurm_run.run("results/train/slurm-openrlhf/model", configfiles=[*BASE_CONFIGS, layer],
+                         check=False, timeout=600)
+    assert proc.returncode != 0
+    jobs = [j for j in slurm_run.jobs() if _rule_of(j) == "train_openrlhf"]
+    assert len(jobs) == 1, proc.stdout[-3000:]
+    job = jobs[0]
+    want = slurm_run.expected("train_openrlhf")
+    assert want["gpu"] == 4 and want["slurm_partition"] == "gpu"
+    assert not _check_job(job, want, (job["State"], job["ExitCode"])), _check_job(
+        job, want, ("?", "?"))
+    assert job["State"] == "FAILED", job
+    log = (slurm_run.workdir / "logs" / "train" / "slurm-openrlhf" / "openrlhf.log").read_text()
+    assert "No module named" in log and "openrlhf" in log, log[-2000:]

@@ -114,7 +114,8 @@ SlurmctldPort=6817
 SlurmdPort=6818
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
+# CPUs, not cores, are the unit: a 1-CPU job gets 1 CPU also where cores have 2 threads.
+SelectTypeParameters=CR_CPU_Memory
 GresTypes=gpu
 # Finished jobs stay visible to scontrol/squeue for an hour.
 MinJobAge=3600
@@ -164,7 +165,7 @@ start_munge() {
     chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
     mkdir -p /run/munge /var/log/munge /var/lib/munge
     chown munge:munge /run/munge /var/log/munge /var/lib/munge
-    runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid
+    runuser -u munge -- /usr/sbin/munged --force --pid-file=/run/munge/munged.pid
     cp /run/munge/munged.pid "$RUN/munged.pid"
     wait_for 10 munged sh -c 'munge -n | unmunge'
 }
