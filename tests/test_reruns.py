@@ -1,0 +1,142 @@
+"""Which jobs a changed config value reruns, as Snakemake itself reports it.
+
+The reference is a complete run (`rule all`) of the embedded default (config.yaml +
+profiles/local/embedded.yaml) at the sizes of the tiny test overlay
+(tests/test_config.yaml): the session's pipeline work directory, which the stage
+tests fill; `all` here builds whatever they left out (everything, when this file
+runs alone). Each case adds one more overlay with one changed value and asks the
+real CLI, without running anything: `snakemake -n` (the job-count table),
+`--summary` (per output: status `params changed`, plan `update pending`) and
+`--list-changes params` (and, with no change, `--list-changes input` and `code`).
+
+Snakemake 9.27.1's `--list-changes params` also lists the last output of every job
+whose params were recorded, changed or not (`ParamsChange.__or__` keeps the files of
+an empty change), so it is checked only against the no-change baseline; `--summary`'s
+per-file status is exact.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+from conftest import BASE_CONFIGS
+
+SOLVER = "smollm2-135m"
+GEN = f"results/generate/{SOLVER}"
+CUR = f"results/curate/{SOLVER}/arith_train"
+EVAL = "results/evaluate/confagg-grpo/arith_test"
+SHARDS = {f"{GEN}/{d}/shards/{s}.parquet" for d in ("arith_train", "arith_test")
+          for s in (0, 1)}
+CURATED = {f"{CUR}/{n}" for n in ("train.jsonl", "val.jsonl", "sets.parquet",
+                                  "curate_report.json", "curate_report.md")}
+TRAINED = {"results/train/confagg-grpo/model", "results/train/confagg-grpo/train_log.jsonl"}
+REPORT = {f"results/report/{n}" for n in ("summary.csv", "summary.md",
+                                          "accuracy_vs_samples.png", "accuracy_vs_tokens.png")}
+METRICS = {f"{EVAL}/metrics.parquet"}
+TRAINED_AGGS = {f"{EVAL}/aggregations/{m}.parquet" for m in ("conf_agg", "conf_agg_noconf")}
+ALL_AGGS = TRAINED_AGGS | {f"{EVAL}/aggregations/agg_prompted.parquet"}
+GENERATED = SHARDS | {f"{GEN}/{d}/{n}" for d in ("arith_train", "arith_test")
+                      for n in ("merged.parquet", "samples.parquet", "grade_summary.json")}
+STATS = {f"{CUR}/problems.parquet", f"{CUR}/calibration.json"}
+
+EVAL_JOBS = {"evaluate_benchmark": 1, "report": 1}
+CURATION_JOBS = {"aggregation_sets": 1, "train_trl": 1, "aggregate": 2, **EVAL_JOBS}
+SAMPLING_JOBS = {"generate": 4, "merge_generated": 2, "grade_samples": 2, "problem_stats": 1,
+                 "calibrate_confidence": 1, "aggregation_sets": 1, "train_trl": 1,
+                 "aggregate": 3, **EVAL_JOBS}
+
+# (overlay, jobs the dry run plans, outputs whose own params changed, outputs to remake)
+CASES = {
+    "evaluation.n_draws": ({"evaluation": {"n_draws": 77}}, EVAL_JOBS, METRICS,
+                           METRICS | REPORT),
+    "evaluation.agg_temperature": ({"evaluation": {"agg_temperature": 0.7}},
+                                   {"aggregate": 3, **EVAL_JOBS}, ALL_AGGS,
+                                   ALL_AGGS | METRICS | REPORT),
+    "generation.top_p": ({"generation": {"top_p": 0.9}}, SAMPLING_JOBS, SHARDS,
+                         GENERATED | STATS | CURATED | TRAINED | ALL_AGGS | METRICS | REPORT),
+    "generation.temperature": ({"generation": {"temperature": 0.8}}, SAMPLING_JOBS, SHARDS,
+                               GENERATED | STATS | CURATED | TRAINED | ALL_AGGS | METRICS
+                               | REPORT),
+    "curation.sets_per_problem": ({"curation": {"sets_per_problem": 3}}, CURATION_JOBS,
+                                  CURATED, CURATED | TRAINED | TRAINED_AGGS | METRICS | REPORT),
+    "curation.easy_percent": ({"curation": {"easy_percent": 25}}, CURATION_JOBS, CURATED,
+                              CURATED | TRAINED | TRAINED_AGGS | METRICS | REPORT),
+    # An OpenRLHF-only setting does not reach the TRL trainer's params.
+    "training.openrlhf.zero_stage": ({"training": {"openrlhf": {"zero_stage": 2}}}, {}, set(),
+                                     set()),
+}
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run as {rule: count}, without `all` and `total`;
+    {} when there is nothing to do."""
+    if "Nothing to be done" in output:
+        return {}
+    table = output.split("Job stats:")[1].split("Reasons:")[0]
+    return {m.group(1): int(m.group(2))
+            for m in re.finditer(r"^(\w+)\s+(\d+)$", table, flags=re.M)
+            if m.group(1) not in ("total", "all")}
+
+
+def summary(output: str) -> dict[str, tuple[str, str]]:
+    """`--summary` as {output file: (status, plan)}."""
+    rows = {}
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("output_file\t"))
+    for line in lines[start + 1:]:
+        cols = line.split("\t")
+        if len(cols) == 6:
+            rows[cols[0]] = (cols[4], cols[5])
+    return rows
+
+
+def listed(output: str) -> set[str]:
+    """The files `--list-changes` prints, one a line (Snakemake's notes excluded)."""
+    return {line.strip() for line in output.splitlines()
+            if line.startswith(("results/", "resources/"))}
+
+
+@pytest.fixture(scope="module")
+def finished(pipeline, bundled_model):
+    """The session's pipeline after a complete `rule all`, and the no-change baseline of
+    `--list-changes params`."""
+    pipeline.run()
+    return pipeline, listed(pipeline.run("--list-changes", "params").stdout)
+
+
+def test_nothing_changed_reruns_nothing(finished):
+    pipeline, _ = finished
+    proc = pipeline.run("-n")
+    assert "Nothing to be done (all requested files are present and up to date)." in \
+        proc.stdout, proc.stdout[-3000:]
+    rows = summary(pipeline.run("--summary").stdout)
+    expected = (GENERATED | STATS | CURATED | TRAINED | ALL_AGGS | METRICS | REPORT)
+    assert expected <= set(rows)
+    for path, (status, plan) in rows.items():
+        assert plan == "no update", (path, status, plan)
+        assert status in ("ok", "removed temp file"), (path, status)
+    for kind in ("input", "code"):
+        assert listed(pipeline.run("--list-changes", kind).stdout) == set(), kind
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_changed_value_reruns_exactly_what_reads_it(finished, tmp_path, case):
+    pipeline, params_baseline = finished
+    data, jobs, params_changed, remade = CASES[case]
+    extra = tmp_path / "change.yaml"
+    extra.write_text(yaml.safe_dump(data))
+    files = [*BASE_CONFIGS, extra]
+
+    proc = pipeline.run("-n", configfiles=files)
+    assert job_counts(proc.stdout) == jobs, proc.stdout[-4000:]
+
+    rows = summary(pipeline.run("--summary", configfiles=files).stdout)
+    assert {p for p, (status, _) in rows.items() if status == "params changed"} == \
+        params_changed
+    assert {p for p, (_, plan) in rows.items() if plan == "update pending"} == remade
+
+    lc_params = listed(pipeline.run("--list-changes", "params", configfiles=files).stdout)
+    assert params_changed <= lc_params
+    assert lc_params - params_baseline <= params_changed
