@@ -500,8 +500,10 @@ def stage_generation(sz: dict, cfg: dict, workdir: Path, model_path: str) -> dic
             return sum(len(c.token_ids) for o in outs for c in o.outputs)
 
         # warm-up (untimed): first-call costs and the prefix cache, for every variant alike
-        reseed()
-        warm = llm.generate(prompts, params["bare_logprobs20"], use_tqdm=False)
+        # (the first call without log-probs samples other tokens than later ones)
+        for name in reversed(list(params)):
+            reseed()
+            warm = llm.generate(prompts, params[name], use_tqdm=False)
         # the project's confidence on the engine's own log-probs vs the reference loop
         comps = [c for o in warm for c in o.outputs]
         window = cfg["generation"]["confidence_window"]
@@ -742,11 +744,27 @@ def render_table(report: dict) -> str:
         verdict = "-" if ok is None else ("pass" if ok else "FAIL")
         lines.append(f"{name:<24} {shown:>14} {tgt:>10}  {verdict}")
     ex = report["extra"]
+    if "confidence_speedup_vs_linear_loop" in ex:
+        lines.append(f"confidence: {ex['confidence_tokens']} tokens; vs a plain loop with running "
+                     f"sums {ex['confidence_speedup_vs_linear_loop']:.2f}x")
+    if "grading_cpu_ratio" in ex:
+        n = ex["grading_samples_per_problem"]
+        line = (f"grading: {ex['grading_pool_samples']} samples ({n} per problem), CPU-time "
+                f"ratio {ex['grading_cpu_ratio']:.2f}")
+        for key in ex:
+            m = re.fullmatch(r"grading_speedup_at_(\d+)_samples", key)
+            if m:
+                line += (f"; at {m.group(1)} per problem {ex[key]:.2f}x (CPU "
+                         f"{ex[f'grading_cpu_ratio_at_{m.group(1)}_samples']:.2f})")
+        lines.append(line)
     if "gen_tokens_per_s" in ex:
         t = ex["gen_tokens_per_s"]
         lines.append(f"generation tokens/s: logprobs=20 {t['bare_logprobs20']:.1f}, without "
                      f"{t['bare_no_logprobs']:.1f} (cost {100 * ex['gen_logprobs20_cost']:.1f}%)"
                      f"; project shard {t['project']:.1f}")
+    m = report["machine"]
+    lines.append(f"machine: {m['cpu_count']} CPUs ({m['cpu']}), load average "
+                 f"{m['loadavg_before'][0]:.1f} before, {m['loadavg_after'][0]:.1f} after")
     return "\n".join(lines)
 
 
