@@ -3,6 +3,8 @@ clusters, hard timeouts and the cache."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import pytest
@@ -127,3 +129,27 @@ def test_a_hang_inside_a_batch_costs_only_its_own_item():
         assert g.grade([("3/4", "6/8")]) == [Grade(True, "ok")]  # the replacement worker works
     assert grades[4] == Grade(False, "timeout")
     assert [x for i, x in enumerate(grades) if i != 4] == [Grade(True, "ok")] * 8
+
+
+SLOW_MAIN = """
+import subprocess
+import sys
+import time
+time.sleep(3)  # a main module that is slow to import, as one that imports vLLM is
+from confagg.grading import Grader
+if __name__ == "__main__":
+    with Grader(workers=1, timeout_s=1.0) as g:
+        print("EXTRACTED", g.extract(["So the answer is 7."])[0], g.stats["timeouts"])
+"""
+
+
+def test_worker_start_up_does_not_count_against_the_item_time_limit(tmp_path):
+    # Fork-server children import the parent's main module again; with a 1 s limit
+    # and a 3 s import, counting the start-up would time out every first item (this
+    # gave the reward 0 for every response in a script that had imported vLLM).
+    script = tmp_path / "slow_main.py"
+    script.write_text(SLOW_MAIN)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "EXTRACTED 7 0" in proc.stdout, proc.stdout + proc.stderr[-2000:]

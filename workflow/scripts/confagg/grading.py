@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 
 STATUSES = ("ok", "no_answer", "timeout", "error")
 _CHUNK = 32  # items sent to a worker at once (at most); small enough that a kill loses little
+# A worker's start-up (a fork, or the import of the parent's main module) is waited for
+# apart from the per-item time limit, up to this long.
+_START_LIMIT_S = 300.0
+_READY = "ready"
 # Plain integers (most AIME/GSM8K/arithmetic answers) are compared without math-verify,
 # which gives the same verdict for them; this skips a worker round trip per pair.
 _INT = re.compile(r"-?[0-9]{1,100}")  # bounded: int() refuses huge digit strings
@@ -122,6 +126,9 @@ def _worker_main(conn) -> None:
     import logging as _logging
 
     _logging.disable(_logging.WARNING)  # math-verify warns on every unparsable string
+    import math_verify  # noqa: F401 (loaded before the parent starts the clock)
+
+    conn.send(_READY)
     while True:
         try:
             batch = conn.recv()
@@ -142,6 +149,21 @@ class _Worker:
         child.close()
         self.pending: deque = deque()
         self.deadline = float("inf")
+        self.ready = False
+
+    def wait_ready(self) -> None:
+        """Block until the worker has started. A new process may import the parent's
+        main module again (multiprocessing does, for spawn and fork server children):
+        seconds when that module imports vLLM or torch, which must not count against
+        the first item's time limit."""
+        if self.ready:
+            return
+        if not self.conn.poll(_START_LIMIT_S):
+            self.kill()
+            raise RuntimeError(f"a math-verify worker did not start within {_START_LIMIT_S}s")
+        if self.conn.recv() != _READY:
+            raise RuntimeError("a math-verify worker sent a result before its ready signal")
+        self.ready = True
 
     def kill(self) -> None:
         self.proc.kill()
@@ -204,6 +226,8 @@ class Grader:
             bar = tqdm(total=len(todo), desc=progress, unit="item", mininterval=2)
         while len(self._workers) < min(self.n_workers, len(todo)):
             self._workers.append(_Worker(self._ctx))
+        for w in self._workers:  # started side by side above, waited for here
+            w.wait_ready()
         busy: dict = {}
         while todo or busy:
             for w in self._workers:  # feed idle workers
@@ -253,7 +277,9 @@ class Grader:
     def _replace(self, w: _Worker, busy: dict) -> None:
         busy.pop(w.conn, None)
         w.kill()
-        self._workers[self._workers.index(w)] = _Worker(self._ctx)
+        new = _Worker(self._ctx)
+        new.wait_ready()
+        self._workers[self._workers.index(w)] = new
 
     def _store(self, key, status: str, value) -> None:
         self._cache[key] = (status, value)
