@@ -1,10 +1,12 @@
 """GRPO with TRL on one machine (CPU or one GPU): same data, reward and GRPO settings
 as the OpenRLHF path. Checkpoints go to a progress folder outside the rule's output,
-so a killed run resumes from its last checkpoint; the final model and tokenizer are
-saved with save_pretrained."""
+so a killed run resumes from its last checkpoint (checkpoints made with other settings
+or data are discarded first); the final model and tokenizer are saved with
+save_pretrained."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -48,6 +50,35 @@ def last_checkpoint(ckpt_dir: str | Path) -> str | None:
     return str(done[-1]) if done else None
 
 
+def checkpoint_fingerprint(cfg: dict[str, Any], *, model_path: str, train_path: str,
+                           use_cpu: bool) -> str:
+    """What a run's checkpoints depend on: the settings (but `trl.max_steps`, which a
+    resumed run may raise, and `trl.save_steps`), the base model and the training rows."""
+    settings = json.loads(json.dumps(cfg))
+    for key in ("max_steps", "save_steps"):
+        settings.get("trl", {}).pop(key, None)
+    h = hashlib.sha256(json.dumps({"settings": settings, "model": str(model_path),
+                                   "use_cpu": use_cpu}, sort_keys=True).encode())
+    h.update(Path(train_path).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def keep_matching_checkpoints(ckpt_dir: str | Path, fingerprint: str) -> None:
+    """Empty `ckpt_dir` unless its checkpoints were made with this fingerprint: a changed
+    setting or curated set reruns the job, which must train anew, not resume a stale run."""
+    d = Path(ckpt_dir)
+    meta = d / "fingerprint.json"
+    try:
+        old = json.loads(meta.read_text()).get("fingerprint")
+    except (OSError, ValueError):
+        old = None
+    if old != fingerprint and any(d.glob("checkpoint-*")):
+        log.info("settings or training data changed since %s was saved: starting over", d)
+        shutil.rmtree(d)
+    d.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(meta, json.dumps({"fingerprint": fingerprint}) + "\n")
+
+
 def train(cfg: dict[str, Any], *, model_path: str, train_path: str,
           output_dir: str, ckpt_dir: str, log_path: str, use_cpu: bool) -> dict[str, Any]:
     """Run GRPOTrainer for `trl.max_steps` steps; returns a summary of what it logged."""
@@ -60,6 +91,8 @@ def train(cfg: dict[str, Any], *, model_path: str, train_path: str,
 
     t = cfg["trl"]
     train_ds = Dataset.from_list(load_prompts(train_path))
+    keep_matching_checkpoints(ckpt_dir, checkpoint_fingerprint(
+        cfg, model_path=model_path, train_path=train_path, use_cpu=use_cpu))
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
