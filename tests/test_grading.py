@@ -132,24 +132,28 @@ def test_a_hang_inside_a_batch_costs_only_its_own_item():
 
 
 SLOW_MAIN = """
-import subprocess
+import os
 import sys
 import time
+with open(sys.argv[1], "a") as f:  # one line per import of this module, by any process
+    f.write(f"{__name__} {os.getpid()}\\n")
 time.sleep(3)  # a main module that is slow to import, as one that imports vLLM is
 from confagg.grading import Grader
 if __name__ == "__main__":
-    with Grader(workers=1, timeout_s=1.0) as g:
+    with Grader(workers=1, timeout_s=0.5) as g:
         print("EXTRACTED", g.extract(["So the answer is 7."])[0], g.stats["timeouts"])
 """
 
 
-def test_worker_start_up_does_not_count_against_the_item_time_limit(tmp_path):
-    # Fork-server children import the parent's main module again; with a 1 s limit
-    # and a 3 s import, counting the start-up would time out every first item (this
-    # gave the reward 0 for every response in a script that had imported vLLM).
-    script = tmp_path / "slow_main.py"
+def test_workers_start_without_the_main_module_and_outside_the_time_limit(tmp_path):
+    # multiprocessing's fork-server children import the parent's main module again
+    # unless it is hidden: seconds for a script that imports vLLM, and with the start-up
+    # counted against the first item every extraction timed out (reward 0 for every
+    # response). The fork server's own import of math-verify takes longer than 0.5 s.
+    script, imports = tmp_path / "slow_main.py", tmp_path / "imports.txt"
     script.write_text(SLOW_MAIN)
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, str(script), str(imports)], capture_output=True,
+                          text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert imports.read_text().split()[0::2] == ["__main__"], imports.read_text()
     assert "EXTRACTED 7 0" in proc.stdout, proc.stdout + proc.stderr[-2000:]

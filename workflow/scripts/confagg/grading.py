@@ -21,10 +21,12 @@ asymmetric), and both sides are wrapped in ``\\boxed{}`` so that bare LaTeX such
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import multiprocessing as mp
 import re
+import sys
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -145,16 +147,16 @@ class _Worker:
     def __init__(self, ctx):
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker_main, args=(child,), daemon=True)
-        self.proc.start()
+        with _main_module_hidden():
+            self.proc.start()
         child.close()
         self.pending: deque = deque()
         self.deadline = float("inf")
         self.ready = False
 
     def wait_ready(self) -> None:
-        """Block until the worker has started. A new process may import the parent's
-        main module again (multiprocessing does, for spawn and fork server children):
-        seconds when that module imports vLLM or torch, which must not count against
+        """Block until the worker has started (the fork server's first start imports
+        math-verify; a loaded machine is slow to fork): start-up must not count against
         the first item's time limit."""
         if self.ready:
             return
@@ -172,6 +174,27 @@ class _Worker:
 
 
 # ----------------------------------------------------------------------------- parent side
+
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Start a worker without the parent's main module. multiprocessing re-imports it in
+    fork server and spawn children, for functions pickled from it; the worker's code is
+    all in this module, and that import costs seconds when the main module imports vLLM,
+    torch or a trainer (a Snakemake script, OpenRLHF's Ray worker) and runs whatever
+    top-level code it has. Without a spec or a file, the child imports nothing."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {k: main.__dict__[k] for k in ("__spec__", "__file__") if k in main.__dict__}
+    main.__spec__ = None
+    main.__dict__.pop("__file__", None)
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
+
 
 def _worker_context():
     """Workers fork from multiprocessing's fork server, a fresh single-threaded process
