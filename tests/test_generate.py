@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import time
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from confagg.generation import (
-    SAMPLE_SCHEMA,
     check_model_path,
     generate_shard,
     grade_samples,
@@ -23,7 +17,8 @@ from confagg.generation import (
     rows_table,
 )
 from confagg.io import DataError, write_jsonl
-from conftest import BASE_CONFIGS, REPO, SNAKEMAKE, VLLM_LOCK, _FileLock, run_snakemake
+
+# Killing a generate job through Snakemake and resuming it: tests/test_kill_resume.py.
 
 MODEL = "smollm2-135m"
 TRAIN = f"results/generate/{MODEL}/arith_train"
@@ -142,52 +137,3 @@ def test_bad_inputs_name_the_file(tmp_path):
                        shard=0, n_shards=1, n=1, model_path="m", model_spec={}, vllm_cfg={},
                        sampling={}, conf_window=8, batch_problems=1)
     assert not (tmp_path / "y").exists()
-
-
-def test_killed_shard_resumes_without_regenerating(tmp_path, bundled_model):
-    """SIGKILL a running generate job after some batches, rerun: the finished problems
-    keep their samples (not generated again) and the merged output is complete."""
-    overlay = tmp_path / "kill.yaml"
-    overlay.write_text(yaml.safe_dump({
-        "datasets": {"arith_train": {"source": "builtin:arith",
-                                     "builtin": {"n_problems": 8, "seed": 5, "max_operands": 2,
-                                                 "max_value": 10}}},
-        "generation": {"n": 2, "shards": 1, "max_tokens": 24, "batch_problems": 1}}))
-    (tmp_path / "resources/models").mkdir(parents=True)
-    os.symlink(bundled_model, tmp_path / "resources/models" / MODEL)
-    configs = [*BASE_CONFIGS, overlay]
-    target = f"results/generate/{MODEL}/arith_train/shards/0.parquet"
-    progress = tmp_path / f"results/.progress/generate/{MODEL}/arith_train/shard0"
-    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--profile",
-           str(REPO / "profiles/local"), target, "--configfile", *map(str, configs)]
-    with _FileLock(VLLM_LOCK):
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 300
-        while len(list(progress.glob("part-*.parquet"))) < 3:
-            assert proc.poll() is None, "the job ended before it could be killed"
-            assert time.monotonic() < deadline, "no progress within 300 s"
-            time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    before = {}
-    for part in sorted(progress.glob("part-*.parquet")):
-        for r in pq.read_table(part).to_pylist():
-            before[(r["problem_id"], r["sample_idx"])] = r["text"]
-    n_done = len({pid for pid, _ in before})
-    assert 3 <= n_done < 8
-    assert not (tmp_path / target).exists()
-
-    run_snakemake(tmp_path, "--unlock", configfiles=configs)
-    run_snakemake(tmp_path, f"results/generate/{MODEL}/arith_train/samples.parquet",
-                  configfiles=configs)
-    log = (tmp_path / f"logs/generate/{MODEL}/arith_train/shard0.log").read_text()
-    assert f"8 problems, {n_done} already finished, {8 - n_done} to generate" in log
-    final = pq.read_table(tmp_path / target).to_pylist()
-    assert len(final) == 16
-    after = {(r["problem_id"], r["sample_idx"]): r["text"] for r in final}
-    assert {k: after[k] for k in before} == before  # finished problems kept as they were
-    samples = pq.read_table(tmp_path / f"results/generate/{MODEL}/arith_train/samples.parquet")
-    assert samples.num_rows == 16
-    assert not progress.exists()  # progress is cleared once the shard is complete
-    assert SAMPLE_SCHEMA.names[0] == "problem_id"

@@ -73,6 +73,13 @@ def test_pipeline_trains_and_vllm_loads_the_checkpoint(pipeline, bundled_model, 
     history = [json.loads(x) for x in
                pipeline.path("results/train/confagg-grpo/train_log.jsonl").read_text().splitlines()]
     assert len(history) == 2 and all("reward" in h for h in history)  # test config: 2 steps
+    # GRPO moves the weights only where rewards differ within a group (the test config's
+    # seed gives one such group among the first step's two prompts on this CPU).
+    assert any(h["reward_std"] > 0 for h in history), history
+    base = load_file(bundled_model / "model.safetensors")
+    tuned = load_file(model / "model.safetensors")
+    assert set(tuned) <= set(base)
+    assert any(not torch.equal(base[k], tuned[k]) for k in tuned), "no weight changed"
     assert json.loads((model / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
     script = tmp_path / "load.py"
     script.write_text(VLLM_LOAD)

@@ -1,0 +1,224 @@
+"""SIGKILL the real rules mid-run, rerun, and compare with a run never interrupted.
+
+Through Snakemake (profiles/local, the test config with `generation.batch_problems: 1`
+so that each problem is saved on its own): the whole Snakemake process group is
+killed, first while a generate job runs (after at least one problem was saved under
+results/.progress), then while train_trl runs (after checkpoint-1 was saved). The
+rerun must not generate the finished problems again, training must resume from
+checkpoint-1, and the outputs must match the session pipeline's uninterrupted run
+(same config, default batch_problems) in keys and counts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import BASE_CONFIGS, REPO, SNAKEMAKE, VENV_BIN, VLLM_LOCK, _FileLock, run_snakemake
+from safetensors import safe_open
+
+MODEL = "smollm2-135m"
+GEN = f"results/generate/{MODEL}/arith_train"
+RUN = "confagg-grpo"
+TRAIN_TARGET = f"results/train/{RUN}/model"
+CKPT = f"results/.progress/train/{RUN}/ckpt"
+PROBLEMS_PER_SHARD = 3  # tests/test_config.yaml: 6 problems, 2 shards
+
+
+def start(workdir: Path, configs: list, *targets: str) -> subprocess.Popen:
+    """Snakemake in its own process group (so that one killpg reaches every job)."""
+    cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--profile", str(REPO / "profiles" / "local"), *targets,
+           "--configfile", *map(str, configs)]
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def kill_when(proc: subprocess.Popen, ready, what: str, timeout: float = 900):
+    """Poll `ready()` until it returns a true value, then SIGKILL the whole group."""
+    deadline = time.monotonic() + timeout
+    while not (got := ready()):
+        assert proc.poll() is None, f"snakemake ended (rc {proc.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout:.0f} s"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return got
+
+
+def unlock(workdir: Path, configs: list):
+    """`--unlock` after a killed Snakemake (run_snakemake takes the vLLM lock itself,
+    so this is for use while the caller holds it)."""
+    subprocess.run([SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory",
+                    str(workdir), "--unlock", "--configfile", *map(str, configs)], cwd=REPO,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def saved_progress(workdir: Path):
+    """{shard: {(problem_id, sample_idx): text}} of the problems saved so far."""
+    out = {}
+    for shard in range(2):
+        folder = workdir / f"results/.progress/generate/{MODEL}/arith_train/shard{shard}"
+        rows = {}
+        for part in sorted(folder.glob("part-*.parquet")):
+            try:
+                for r in pq.read_table(part).to_pylist():
+                    rows[(r["problem_id"], r["sample_idx"])] = r["text"]
+            except Exception:  # a part being written right now: count it next time
+                return None
+        if rows:
+            out[shard] = rows
+    return out
+
+
+def complete_checkpoint(workdir: Path, step: int):
+    """checkpoint-`step`'s trainer_state.json, once written in full (it is saved last)."""
+    path = workdir / CKPT / f"checkpoint-{step}" / "trainer_state.json"
+    try:
+        state = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return state if state.get("global_step") == step else None
+
+
+def tensor_shapes(model_dir: Path) -> dict:
+    shapes = {}
+    for f in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as st:
+            for k in st.keys():
+                shapes[k] = tuple(st.get_slice(k).get_shape())
+    return shapes
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(pipeline, bundled_model):
+    """The session pipeline's run of the same config, never interrupted."""
+    pipeline.run(f"{GEN}/samples.parquet", TRAIN_TARGET)
+    return pipeline
+
+
+def test_killed_generation_and_training_resume_and_match_an_uninterrupted_run(
+        tmp_path, bundled_model, uninterrupted):
+    overlay = tmp_path / "kill.yaml"
+    overlay.write_text(yaml.safe_dump({"generation": {"batch_problems": 1}}))
+    configs = [*BASE_CONFIGS, overlay]
+    (tmp_path / "resources/models").mkdir(parents=True)
+    os.symlink(bundled_model, tmp_path / "resources/models" / MODEL)
+
+    with _FileLock(VLLM_LOCK):
+        # 1. Kill while a generate job runs, after it saved at least one problem.
+        proc = start(tmp_path, configs, TRAIN_TARGET)
+        before = kill_when(proc, lambda: saved_progress(tmp_path), "a saved problem")
+        assert len(before) == 1, before  # one engine job at a time (gpu=1)
+        (shard, saved), = before.items()
+        n_done = len({pid for pid, _ in saved})
+        assert 1 <= n_done < PROBLEMS_PER_SHARD
+        assert not (tmp_path / f"{GEN}/shards/{shard}.parquet").exists()
+
+        # 2. Rerun; kill it again once training has saved checkpoint-1 in full.
+        unlock(tmp_path, configs)
+        proc = start(tmp_path, configs, TRAIN_TARGET)
+        kill_when(proc, lambda: complete_checkpoint(tmp_path, 1), "checkpoint-1")
+        assert not complete_checkpoint(tmp_path, 2)
+        assert not (tmp_path / f"results/train/{RUN}/train_log.jsonl").exists()
+        unlock(tmp_path, configs)
+
+    # Generation resumed: the finished problems were neither generated again nor changed.
+    log = (tmp_path / f"logs/generate/{MODEL}/arith_train/shard{shard}.log").read_text()
+    assert (f"shard {shard}/2: {PROBLEMS_PER_SHARD} problems, {n_done} already finished, "
+            f"{PROBLEMS_PER_SHARD - n_done} to generate") in log
+    rows = pq.read_table(tmp_path / f"{GEN}/shards/{shard}.parquet").to_pylist()
+    after = {(r["problem_id"], r["sample_idx"]): r["text"] for r in rows}
+    assert {k: after[k] for k in saved} == saved
+    assert not (tmp_path / f"results/.progress/generate/{MODEL}/arith_train/"
+                f"shard{shard}").exists()  # cleared once the shard is complete
+
+    # 3. Rerun to the end: training resumes from checkpoint-1 and runs only step 2.
+    run_snakemake(tmp_path, TRAIN_TARGET, configfiles=configs)
+    trl_log = (tmp_path / f"logs/train/{RUN}/trl.log").read_text()
+    summaries = [json.loads(line.split("trained: ", 1)[1]) for line in trl_log.splitlines()
+                 if "trained: " in line]
+    assert len(summaries) == 1, summaries
+    assert summaries[0]["steps"] == 2
+    assert summaries[0]["resumed_from"] == f"{CKPT}/checkpoint-1"
+    assert f"resuming from {CKPT}/checkpoint-1" in trl_log
+    assert complete_checkpoint(tmp_path, 2)  # global_step went on from 1 to 2
+
+    # The outputs match the uninterrupted run in keys and counts.
+    ref = uninterrupted
+    got_s = pq.read_table(tmp_path / f"{GEN}/samples.parquet")
+    ref_s = pq.read_table(ref.path(f"{GEN}/samples.parquet"))
+    assert got_s.schema == ref_s.schema
+    keys = lambda t: sorted(zip(t.column("problem_id").to_pylist(),  # noqa: E731
+                                t.column("sample_idx").to_pylist()))
+    assert keys(got_s) == keys(ref_s)
+    assert len(keys(got_s)) == len(set(keys(got_s))) == 6 * 4
+    got_g = json.loads((tmp_path / f"{GEN}/grade_summary.json").read_text())
+    ref_g = json.loads(ref.path(f"{GEN}/grade_summary.json").read_text())
+    assert set(got_g) == set(ref_g) and got_g["samples"] == ref_g["samples"]
+
+    got_m, ref_m = tmp_path / TRAIN_TARGET, ref.path(TRAIN_TARGET)
+    assert sorted(p.name for p in got_m.iterdir()) == sorted(p.name for p in ref_m.iterdir())
+    assert tensor_shapes(got_m) == tensor_shapes(ref_m)
+    history = [json.loads(x) for x in
+               (tmp_path / f"results/train/{RUN}/train_log.jsonl").read_text().splitlines()]
+    ref_history = [json.loads(x) for x in
+                   ref.path(f"results/train/{RUN}/train_log.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [h["step"] for h in ref_history] == [1, 2]
+    assert [set(h) for h in history] == [set(h) for h in ref_history]
+
+
+def test_a_checkpoint_saved_in_part_is_skipped(tmp_path):
+    """A kill during a checkpoint's save leaves it without (or with a cut) trainer_state.json,
+    which Trainer writes last; resuming must take the newest complete one."""
+    from confagg.train_trl import last_checkpoint
+
+    assert last_checkpoint(tmp_path) is None
+    for step, state in [(1, '{"global_step": 1}'), (2, '{"global_step": 2}'),
+                        (10, '{"global_st'), (11, None)]:
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if state is not None:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+
+
+def test_checkpoints_of_other_settings_or_data_are_discarded(tmp_path):
+    """A changed setting or curated set reruns train_trl (its params, its input); the rerun
+    must start over instead of resuming the old run's checkpoints. Raising max_steps
+    keeps them (a longer run resumes)."""
+    from confagg.config import load_config
+    from confagg.train_trl import checkpoint_fingerprint, keep_matching_checkpoints
+
+    cfg = load_config(*BASE_CONFIGS)["training"]
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "p", "answer": "1"}\n')
+
+    def fp(c=cfg):
+        return checkpoint_fingerprint(c, model_path="m", train_path=str(data), use_cpu=True)
+
+    base = fp()
+    longer = json.loads(json.dumps(cfg))
+    longer["trl"].update(max_steps=cfg["trl"]["max_steps"] + 5, save_steps=7)
+    assert fp(longer) == base
+    assert fp({**cfg, "learning_rate": cfg["learning_rate"] * 2}) != base
+    data.write_text('{"prompt": "p", "answer": "2"}\n')
+    assert fp() != base
+
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "checkpoint-1").mkdir(parents=True)
+    keep_matching_checkpoints(ckpt, "a")  # no record of what made them: start over
+    assert not (ckpt / "checkpoint-1").exists()
+    (ckpt / "checkpoint-1").mkdir()
+    keep_matching_checkpoints(ckpt, "a")
+    assert (ckpt / "checkpoint-1").exists()  # same settings and data: resume
+    keep_matching_checkpoints(ckpt, "b")
+    assert not (ckpt / "checkpoint-1").exists()
+    assert json.loads((ckpt / "fingerprint.json").read_text()) == {"fingerprint": "b"}
