@@ -36,7 +36,7 @@ def test_trl_updates_weights_logs_rewards_and_resumes(tmp_path, bundled_model):
     history = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [1, 2, 3]
     assert all(0.0 <= h["reward"] <= 1.0 for h in history)
-    assert any(h["reward_std"] > 0 for h in history), history  # rewards varied in a group
+    assert any(h["frac_reward_zero_std"] < 1 for h in history), history  # a group varied
     base = load_file(bundled_model / "model.safetensors")
     tuned = load_file(tmp_path / "model" / "model.safetensors")
     changed = [k for k in base if not torch.equal(base[k], tuned[k])]
@@ -73,13 +73,19 @@ def test_pipeline_trains_and_vllm_loads_the_checkpoint(pipeline, bundled_model, 
     history = [json.loads(x) for x in
                pipeline.path("results/train/confagg-grpo/train_log.jsonl").read_text().splitlines()]
     assert len(history) == 2 and all("reward" in h for h in history)  # test config: 2 steps
-    # GRPO moves the weights only where rewards differ within a group (the test config's
-    # seed gives one such group among the first step's two prompts on this CPU).
-    assert any(h["reward_std"] > 0 for h in history), history
+    # GRPO's update is zero unless rewards differ within a group: the weights must have
+    # changed if and only if a step logged a group with reward variance. Which case a run
+    # gets is chance here (the 135M aggregator is right about 5% of the time on the test
+    # config's sets; a group of 4 varies with probability ~0.2, measured); the direct
+    # TRL test above uses prompts it often gets right and always sees the first case.
     base = load_file(bundled_model / "model.safetensors")
     tuned = load_file(model / "model.safetensors")
     assert set(tuned) <= set(base)
-    assert any(not torch.equal(base[k], tuned[k]) for k in tuned), "no weight changed"
+    changed = any(not torch.equal(base[k], tuned[k]) for k in tuned)
+    varied = any(h["frac_reward_zero_std"] < 1 for h in history)  # a group whose rewards differ
+    assert changed == varied, (changed, history)
+    if not varied:
+        assert all(h["grad_norm"] == 0 for h in history), history
     assert json.loads((model / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
     script = tmp_path / "load.py"
     script.write_text(VLLM_LOAD)
