@@ -177,11 +177,11 @@ class _Worker:
 
 @contextlib.contextmanager
 def _main_module_hidden():
-    """Start a worker without the parent's main module. multiprocessing re-imports it in
-    fork server and spawn children, for functions pickled from it; the worker's code is
-    all in this module, and that import costs seconds when the main module imports vLLM,
-    torch or a trainer (a Snakemake script, OpenRLHF's Ray worker) and runs whatever
-    top-level code it has. Without a spec or a file, the child imports nothing."""
+    """Start a worker without the parent's main module. multiprocessing imports it again
+    in the fork server (and in spawn children), for functions pickled from it; the
+    worker's code is all in this module, and that import costs seconds when the main
+    module imports vLLM, torch or a trainer (a Snakemake script, OpenRLHF's Ray worker)
+    and runs whatever top-level code it has. Without a spec or a file it is skipped."""
     main = sys.modules.get("__main__")
     if main is None:
         yield
