@@ -4,6 +4,7 @@ CPU cores, two engines at once would only slow each other down)."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import subprocess
@@ -54,14 +55,9 @@ def vllm_lock():
         yield
 
 
-def run_snakemake(workdir: Path, *args: str, configfiles=None, check: bool = True,
-                  profile: str | None = "local", timeout: float = 1800,
-                  env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the real Snakemake CLI on this repo's Snakefile in `workdir`.
-
-    Returns the completed process (stdout and stderr merged into .stdout). With
-    check=True a non-zero exit fails the test and shows the output's tail.
-    """
+def snakemake_command(workdir: Path, *args: str, configfiles=None,
+                      profile: str | None = "local") -> list[str]:
+    """The real Snakemake CLI on this repo's Snakefile in `workdir`, as an argv."""
     cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
     if profile:
         cmd += ["--profile", str(REPO / "profiles" / profile)]
@@ -69,11 +65,28 @@ def run_snakemake(workdir: Path, *args: str, configfiles=None, check: bool = Tru
     files = BASE_CONFIGS if configfiles is None else configfiles
     if files:  # last: --configfile takes every following word
         cmd += ["--configfile", *map(str, files)]
-    full_env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-                **(env or {})}
-    with _FileLock(VLLM_LOCK):
+    return cmd
+
+
+def snakemake_env(env: dict | None = None) -> dict:
+    """The environment Snakemake's jobs need: this venv's tools first on PATH."""
+    return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+            **(env or {})}
+
+
+def run_snakemake(workdir: Path, *args: str, configfiles=None, check: bool = True,
+                  profile: str | None = "local", timeout: float = 1800,
+                  env: dict | None = None, lock: bool = True) -> subprocess.CompletedProcess:
+    """Run the real Snakemake CLI on this repo's Snakefile in `workdir`.
+
+    Returns the completed process (stdout and stderr merged into .stdout). With
+    check=True a non-zero exit fails the test and shows the output's tail. It holds the
+    vLLM lock unless lock=False (for a caller that holds it already).
+    """
+    cmd = snakemake_command(workdir, *args, configfiles=configfiles, profile=profile)
+    with _FileLock(VLLM_LOCK) if lock else contextlib.nullcontext():
         proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, timeout=timeout, env=full_env)
+                              text=True, timeout=timeout, env=snakemake_env(env))
     if check and proc.returncode != 0:
         pytest.fail(f"snakemake {' '.join(args)} exited {proc.returncode}:\n"
                     f"{proc.stdout[-6000:]}", pytrace=False)

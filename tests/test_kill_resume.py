@@ -21,7 +21,15 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import BASE_CONFIGS, REPO, SNAKEMAKE, VENV_BIN, VLLM_LOCK, _FileLock, run_snakemake
+from conftest import (
+    BASE_CONFIGS,
+    REPO,
+    VLLM_LOCK,
+    _FileLock,
+    run_snakemake,
+    snakemake_command,
+    snakemake_env,
+)
 from safetensors import safe_open
 
 MODEL = "smollm2-135m"
@@ -34,11 +42,8 @@ PROBLEMS_PER_SHARD = 3  # tests/test_config.yaml: 6 problems, 2 shards
 
 def start(workdir: Path, configs: list, *targets: str) -> subprocess.Popen:
     """Snakemake in its own process group (so that one killpg reaches every job)."""
-    cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--profile", str(REPO / "profiles" / "local"), *targets,
-           "--configfile", *map(str, configs)]
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+    return subprocess.Popen(snakemake_command(workdir, *targets, configfiles=configs),
+                            cwd=REPO, env=snakemake_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -55,11 +60,8 @@ def kill_when(proc: subprocess.Popen, ready, what: str, timeout: float = 900):
 
 
 def unlock(workdir: Path, configs: list):
-    """`--unlock` after a killed Snakemake (run_snakemake takes the vLLM lock itself,
-    so this is for use while the caller holds it)."""
-    subprocess.run([SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory",
-                    str(workdir), "--unlock", "--configfile", *map(str, configs)], cwd=REPO,
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """`--unlock` after a killed Snakemake, while the caller holds the vLLM lock."""
+    run_snakemake(workdir, "--unlock", configfiles=configs, profile=None, lock=False)
 
 
 def saved_progress(workdir: Path):
