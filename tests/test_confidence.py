@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 from confagg.confidence import (
+    auroc,
     group_confidence,
     token_confidence,
     token_confidence_flat,
@@ -21,7 +22,8 @@ def reference_token_conf(topk):
 def reference_stats(conf, window, bottom_frac=0.1):
     w = min(window, len(conf))
     groups = [sum(conf[i:i + w]) / w for i in range(len(conf) - w + 1)]
-    low = sorted(groups)[:max(1, math.ceil(bottom_frac * len(groups)))]
+    # DeepConf's reference (deepconf/utils.py): max(1, int(len(windows) * bottom_percent))
+    low = sorted(groups)[:max(1, int(len(groups) * bottom_frac))]
     return {"conf_mean": sum(conf) / len(conf),
             "conf_tail": sum(conf[-w:]) / w,
             "conf_bottom10": sum(low) / len(low),
@@ -42,7 +44,17 @@ def test_stats_by_hand_window_3():
     assert s["conf_mean"] == pytest.approx(3.0)
     assert s["conf_tail"] == pytest.approx(3.0)
     assert s["conf_lowest_group"] == pytest.approx(8 / 3)
-    assert s["conf_bottom10"] == pytest.approx(8 / 3)  # ceil(0.1 * 3) = 1 window
+    assert s["conf_bottom10"] == pytest.approx(8 / 3)  # max(1, floor(0.1 * 3)) = 1 window
+
+
+def test_bottom10_counts_groups_as_the_reference_floors():
+    # 19 windows of 1 token: floor(1.9) = 1 window (ceil would average the lowest 2)
+    conf = np.arange(19, dtype=np.float64) + 1.0
+    assert trace_stats(conf, window=1)["conf_bottom10"] == pytest.approx(1.0)
+    # 20 windows: the lowest 2; 29 windows: still 2; 30 windows: 3
+    for n, k in ((20, 2), (29, 2), (30, 3)):
+        conf = np.arange(n, dtype=np.float64)[::-1] + 1.0
+        assert trace_stats(conf, window=1)["conf_bottom10"] == pytest.approx((k + 1) / 2), n
 
 
 def test_short_trace_uses_its_whole_length():
@@ -53,7 +65,8 @@ def test_short_trace_uses_its_whole_length():
 
 
 @pytest.mark.parametrize("length, window, frac", [(1, 5, 0.1), (7, 3, 0.1), (50, 8, 0.25),
-                                                  (200, 16, 0.1), (33, 33, 0.5)])
+                                                  (200, 16, 0.1), (33, 33, 0.5), (48, 16, 0.1),
+                                                  (45, 16, 0.1)])
 def test_vectorized_matches_reference(length, window, frac):
     rng = np.random.default_rng(length)
     topk = -rng.exponential(2.0, size=(length, 20))
@@ -101,3 +114,23 @@ def test_flat_layout_of_vllm_counts_each_top_k_entry_once():
     rk2 = np.concatenate([rk[s + 1:e] + rk[s:s + 1] for s, e in zip(st, en)])
     assert token_confidence_flat(lp2, rk2, np.array(st), np.array(en), k=20).tolist() == \
         pytest.approx(expected)
+
+
+def test_auroc_against_counting_every_pair():
+    assert auroc([3.0, 2.0, 1.0], [True, False, False]) == 1.0
+    assert auroc([1.0, 2.0, 3.0], [True, False, False]) == 0.0
+    assert auroc([1.0, 1.0], [True, False]) == 0.5            # a tie counts one half
+    assert auroc([1.0, 2.0], [True, True]) is None            # one class only
+    assert auroc([np.nan, 1.0, 2.0], [False, False, True]) == 1.0  # NaN left out
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        n = int(rng.integers(2, 40))
+        s = rng.integers(0, 5, size=n).astype(float)          # many ties
+        y = rng.random(n) < 0.4
+        pos, neg = s[y], s[~y]
+        if not pos.size or not neg.size:
+            continue
+        expected = np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg])
+        assert auroc(s, y) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="3 scores but 2 labels"):
+        auroc([1.0, 2.0, 3.0], [True, False])

@@ -13,8 +13,13 @@ Trace statistics over C (all vectorized with cumulative sums):
 - group confidence: means of C over sliding windows of `window` tokens (stride 1);
   a trace shorter than the window is one window of its whole length;
 - conf_lowest_group: the lowest group confidence;
-- conf_bottom10: mean of the lowest `bottom_frac` (10%) of group confidences;
+- conf_bottom10: mean of the lowest `bottom_frac` (10%) of group confidences, counted
+  as DeepConf's reference does: max(1, floor(bottom_frac x groups)), so a trace needs
+  20 groups before more than its lowest one is averaged;
 - conf_tail: mean of C over the last `window` tokens.
+
+A window longer than the traces collapses all four into conf_mean (one group): the
+window must fit the traces (`generation.confidence_window`).
 """
 
 from __future__ import annotations
@@ -121,7 +126,7 @@ def trace_stats(token_conf: np.ndarray, window: int = 2048, bottom_frac: float =
     if c.size == 0:
         return dict.fromkeys(STAT_NAMES, math.nan)
     groups = group_confidence(c, window)
-    n_low = max(1, math.ceil(bottom_frac * groups.size))
+    n_low = max(1, int(groups.size * bottom_frac))  # the reference's count (a floor)
     lowest = np.partition(groups, n_low - 1)[:n_low] if n_low < groups.size else groups
     return {
         "conf_mean": float(c.mean()),
@@ -129,3 +134,28 @@ def trace_stats(token_conf: np.ndarray, window: int = 2048, bottom_frac: float =
         "conf_bottom10": float(lowest.mean()),
         "conf_lowest_group": float(groups.min()),
     }
+
+
+def auroc(scores, labels) -> float | None:
+    """Area under the ROC curve of `scores` for predicting `labels` (True = positive):
+    the chance that a random positive scores above a random negative, ties counting
+    one half (Mann-Whitney with average ranks). Non-finite scores are left out; None
+    when either class is empty."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=bool)
+    if s.shape != y.shape:
+        raise ValueError(f"{s.size} scores but {y.size} labels")
+    keep = np.isfinite(s)
+    s, y = s[keep], y[keep]
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if not n_pos or not n_neg:
+        return None
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(s.size, dtype=np.float64)
+    sorted_s = s[order]
+    # average rank of each run of equal scores (1-based)
+    starts = np.flatnonzero(np.concatenate(([True], sorted_s[1:] != sorted_s[:-1])))
+    ends = np.concatenate((starts[1:], [s.size]))
+    avg = (starts + ends + 1) / 2.0
+    ranks[order] = np.repeat(avg, ends - starts)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
