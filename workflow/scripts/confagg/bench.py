@@ -203,7 +203,7 @@ def reference_confidence(comps, k: int, window: int, bottom_frac: float = 0.1) -
             confs.append(-sum(entries.values()) / len(entries))
         w = min(window, len(confs))
         groups = [sum(confs[i:i + w]) / w for i in range(len(confs) - w + 1)]
-        low = sorted(groups)[:max(1, math.ceil(bottom_frac * len(groups)))]
+        low = sorted(groups)[:max(1, int(len(groups) * bottom_frac))]  # reference: a floor
         out.append({"conf_mean": sum(confs) / len(confs), "conf_tail": sum(confs[-w:]) / w,
                     "conf_bottom10": sum(low) / len(low), "conf_lowest_group": min(groups)})
     return out
@@ -228,7 +228,7 @@ def linear_loop_confidence(comps, k: int, window: int, bottom_frac: float = 0.1)
         for i in range(w, len(confs)):
             run += confs[i] - confs[i - w]
             groups.append(run / w)
-        low = sorted(groups)[:max(1, math.ceil(bottom_frac * len(groups)))]
+        low = sorted(groups)[:max(1, int(len(groups) * bottom_frac))]  # reference: a floor
         out.append({"conf_mean": sum(confs) / len(confs), "conf_tail": sum(confs[-w:]) / w,
                     "conf_bottom10": sum(low) / len(low), "conf_lowest_group": min(groups)})
     return out
