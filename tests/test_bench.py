@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -16,7 +17,8 @@ from conftest import REPO
 def test_quick_bench_reports_every_figure(tmp_path, shared_data):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "confagg.bench", "--quick", "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CONFAGG_BENCH_DATA": str(shared_data)})
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(out.read_text())
     figures = report["figures"]
@@ -56,7 +58,8 @@ def test_reference_loop_matches_the_project_on_vllms_layout():
     assert bench._max_diff(project, bench.linear_loop_confidence(comps, 20, 1024)) < 1e-9
 
 
-def test_grading_pool_repeats_answers_and_mixes_forms(shared_data):
+def test_grading_pool_repeats_answers_and_mixes_forms(shared_data, monkeypatch):
+    monkeypatch.setattr(bench, "SHARED_DATA", shared_data)
     golds = [r["answer"] for r in bench.math500_rows(50)]
     items = bench.grading_pool(golds, 16)
     assert len(items) == 50 * 16

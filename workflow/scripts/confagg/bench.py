@@ -50,7 +50,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[3]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# CONFAGG_BENCH_DATA: another folder with the same layout (the tests use tests/data)
+SHARED_DATA = Path(os.environ.get("CONFAGG_BENCH_DATA") or REPO.parent / "shared" / "data")
 VLLM_LOCK = "/tmp/confagg-vllm.lock"
 
 # figure -> (comparison, target); None: reported only
