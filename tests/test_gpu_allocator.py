@@ -70,3 +70,31 @@ def test_no_gpus_means_no_assignment(tmp_path):
     p = spawn(env, hold=0)
     assert p.stdout.readline().strip() == ""
     p.wait(timeout=30)
+
+
+def test_preset_list_longer_than_the_job_is_shared_out(tmp_path):
+    """`salloc` or a container exports CUDA_VISIBLE_DEVICES for the whole node: each
+    one-GPU job takes its own device of that list, and a fifth waits."""
+    env = fake_node(tmp_path)
+    del env["CONFAGG_NUM_GPUS"]  # the preset list alone says which devices there are
+    env["CUDA_VISIBLE_DEVICES"] = "4,5,6,7"
+    first = [spawn(env, hold=4.0) for _ in range(4)]
+    assert sorted(p.stdout.readline().strip() for p in first) == ["4", "5", "6", "7"]
+    start = time.monotonic()
+    fifth = spawn(env, hold=0.0)
+    dev = fifth.stdout.readline().strip()
+    assert dev in {"4", "5", "6", "7"} and time.monotonic() - start > 1.0, dev
+    two = spawn(env, n=2, hold=0.0)  # a two-GPU job takes two of the list
+    devs = two.stdout.readline().strip().split(",")
+    assert len(devs) == 2 and len(set(devs)) == 2 and set(devs) <= {"4", "5", "6", "7"}
+    for p in [*first, fifth, two]:
+        p.wait(timeout=30)
+
+
+def test_preset_list_shorter_than_the_job_is_an_error(tmp_path):
+    env = fake_node(tmp_path)
+    env["CUDA_VISIBLE_DEVICES"] = "0"
+    proc = subprocess.run([sys.executable, "-c", CHILD, "2", "0"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "job needs 2 GPUs but CUDA_VISIBLE_DEVICES=0 lists 1" in proc.stderr

@@ -4,7 +4,8 @@ tests/test_gpu_allocator.py shows the allocator alone (processes started by hand
 here Snakemake starts the jobs under the gpu4 profile's own resources (`gpu=4` on
 the node, `generate: gpu=1` from its set-resources), and each job takes its device
 through `acquire_gpus`, as the workflow's entry scripts do (tests/gpu_jobs/). The
-node's device count is faked with CONFAGG_NUM_GPUS; no GPU is needed.
+node's device count is faked with CONFAGG_NUM_GPUS, or the node's devices are a preset
+CUDA_VISIBLE_DEVICES list; no GPU is needed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import subprocess
 
+import pytest
 from conftest import REPO, SNAKEMAKE, VENV_BIN, VLLM_LOCK, _FileLock
 
 JOBS = REPO / "tests" / "gpu_jobs"
@@ -24,9 +26,17 @@ def concurrent(records, t):
     return [r for r in records if r["start"] <= t < r["end"]]
 
 
-def test_gpu4_profile_gives_distinct_devices_waits_and_frees_a_crashed_jobs_device(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
-    env.update(CONFAGG_NUM_GPUS="4", CONFAGG_GPU_LOCK_DIR=str(tmp_path / "locks"),
+# The node's devices: counted (CONFAGG_NUM_GPUS stands in for nvidia-smi), or a preset
+# CUDA_VISIBLE_DEVICES for the whole node, as `salloc` or a container exports it.
+NODES = {"counted": {"CONFAGG_NUM_GPUS": "4"}, "preset": {"CUDA_VISIBLE_DEVICES": "0,1,2,3"}}
+
+
+@pytest.mark.parametrize("node", sorted(NODES))
+def test_gpu4_profile_gives_distinct_devices_waits_and_frees_a_crashed_jobs_device(tmp_path,
+                                                                                   node):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CUDA_VISIBLE_DEVICES", "CONFAGG_NUM_GPUS")}
+    env.update(NODES[node], CONFAGG_GPU_LOCK_DIR=str(tmp_path / "locks"),
                PATH=f"{VENV_BIN}{os.pathsep}{env['PATH']}")
     cmd = [SNAKEMAKE, "--snakefile", str(JOBS / "Snakefile"), "--directory", str(tmp_path),
            "--profile", str(REPO / "profiles" / "gpu4"),
