@@ -3,16 +3,27 @@
 The embedded default needs problems that need no download and that the bundled
 135M model gets right sometimes and wrong sometimes (it is weak at math, so the
 numbers stay small). Knobs: how many problems, the seed, the operand count range,
-the largest operand, and the share of word problems versus bare expressions.
+the largest operand, the share of word problems versus bare expressions, and the
+split.
+
+`split: train` and `split: test` draw from disjoint halves of the problem space, so a
+training set never holds a test problem: word problems use disjoint names and items
+(every run of 8 words of one holds a name or an item, so the two share no 8-word
+sequence either), and bare expressions are kept by the parity of a stable hash of
+their text. `split: null` draws from the whole space.
 """
 
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Iterator
 
 _NAMES = ["Ava", "Ben", "Chloe", "Dev", "Emma", "Finn", "Grace", "Hugo", "Iris", "Jon"]
 _ITEMS = ["apples", "marbles", "stickers", "books", "coins", "pencils", "cards", "shells"]
+SPLITS = {None: (_NAMES, _ITEMS, None),
+          "train": (_NAMES[:5], _ITEMS[:4], 0),
+          "test": (_NAMES[5:], _ITEMS[4:], 1)}
 
 
 def _expression(rng: random.Random, n_ops: int, max_value: int) -> tuple[str, int]:
@@ -35,8 +46,9 @@ def _expression(rng: random.Random, n_ops: int, max_value: int) -> tuple[str, in
     return text, value
 
 
-def _word_problem(rng: random.Random, n_ops: int, max_value: int) -> tuple[str, int]:
-    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+def _word_problem(rng: random.Random, n_ops: int, max_value: int, names: list[str],
+                  items: list[str]) -> tuple[str, int]:
+    name, item = rng.choice(names), rng.choice(items)
     count = rng.randint(2, max_value)
     sentences = [f"{name} has {count} {item}."]
     for _ in range(n_ops - 1):
@@ -54,16 +66,23 @@ def _word_problem(rng: random.Random, n_ops: int, max_value: int) -> tuple[str, 
 
 def generate_problems(n_problems: int = 200, seed: int = 0, min_operands: int = 2,
                       max_operands: int = 3, max_value: int = 20,
-                      word_fraction: float = 0.5) -> Iterator[dict[str, str]]:
+                      word_fraction: float = 0.5,
+                      split: str | None = None) -> Iterator[dict[str, str]]:
     """Yield rows {"id", "problem", "answer"}; the same arguments give the same rows."""
     if max_operands < min_operands:
         raise ValueError(f"max_operands ({max_operands}) < min_operands ({min_operands})")
+    if split not in SPLITS:
+        raise ValueError(f"split must be train, test or null, got {split!r}")
+    names, items, parity = SPLITS[split]
     rng = random.Random(seed)
     for i in range(n_problems):
         n_ops = rng.randint(min_operands, max_operands)
         if rng.random() < word_fraction:
-            problem, value = _word_problem(rng, n_ops, max_value)
+            problem, value = _word_problem(rng, n_ops, max_value, names, items)
         else:
-            expr, value = _expression(rng, n_ops, max_value)
-            problem = f"Compute {expr}."
+            while True:  # about two draws: half of the expressions belong to each split
+                expr, value = _expression(rng, n_ops, max_value)
+                problem = f"Compute {expr}."
+                if parity is None or zlib.crc32(problem.encode()) % 2 == parity:
+                    break
         yield {"id": f"arith-s{seed}-{i:04d}", "problem": problem, "answer": str(value)}
