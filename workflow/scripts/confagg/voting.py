@@ -1,15 +1,21 @@
-"""Votes over answer clusters (integer ids per sample; -1 = no answer, never wins).
+"""Single votes over answer clusters (integer ids per sample; -1 = no answer, never wins).
 
 Clusters come from Stage 1 (`cluster` column: math-verify equivalence within a
-problem), so `1/2`, `0.5` and `\\frac{1}{2}` are one vote. Ties go to the tied
-cluster that appears first among the voters: deterministic, and for a random
-sample order the same as a uniform random choice. (Stage 4's estimators instead
-score a tie by its expected accuracy; see confagg.estimators.)
+problem), so `1/2`, `0.5` and `\\frac{1}{2}` are one vote. These functions return one
+winner (curation labels a set by it), so a tie goes to the tied cluster that appears
+first among the voters. Stage 4's estimators score a tie by its expected accuracy
+instead and never depend on sample order; see confagg.estimators.
+
+The filtered vote follows DeepConf's offline reference (facebookresearch/deepconf,
+`deepconf/utils.py`: `compute_all_voting_results`, `filter_top_confidence`): traces
+without an answer are dropped first; of the rest, a trace is kept when its confidence
+is at least numpy's (linear) percentile `(1 - keep_frac) * 100` of their confidences,
+so every trace tied at the threshold is kept; the kept traces then vote, each weighted
+by that same confidence.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -43,21 +49,28 @@ def weighted_vote(clusters: Sequence[int], conf: Sequence[float]) -> int:
     return _winner(vote_counts(clusters, conf))
 
 
-def filter_keep_count(keep_frac: float, n: int) -> int:
-    """How many of n traces a filtered vote keeps: ceil(keep_frac * n), at least 1. The
-    tolerance stops float error from rounding up an exact product (0.07 * 100 is
-    7.000000000000001, which is 7 traces, not 8)."""
-    return max(1, math.ceil(keep_frac * n - 1e-9))
+def filter_percentile(keep_frac: float) -> float:
+    """The percentile at which the filter cuts, computed as the reference does
+    (`(1 - 0.9) * 100` is 9.999999999999998 in floating point, and stays so)."""
+    if not 0 < keep_frac <= 1:
+        raise ValueError(f"keep_frac must be in (0, 1], got {keep_frac}")
+    return (1 - keep_frac) * 100
+
+
+def filter_keep(conf: Sequence[float], keep_frac: float) -> np.ndarray:
+    """Which of these (answered) traces DeepConf's filter keeps: confidence at least the
+    filter_percentile(keep_frac) percentile of them (numpy's linear interpolation)."""
+    conf = np.asarray(conf, dtype=np.float64)
+    if conf.size == 0:
+        return np.zeros(0, dtype=bool)
+    return conf >= np.percentile(conf, filter_percentile(keep_frac))
 
 
 def filtered_vote(clusters: Sequence[int], conf: Sequence[float], keep_frac: float) -> int:
-    """DeepConf filtered vote: keep the filter_keep_count(keep_frac, n) most confident
-    traces, then weighted vote among them."""
-    clusters = np.asarray(clusters)
+    """DeepConf filtered vote: among the traces with an answer, keep those filter_keep
+    selects, then the weighted vote among them; -1 when no trace has an answer."""
+    clusters = np.asarray(clusters, dtype=np.int64)
     conf = np.asarray(conf, dtype=np.float64)
-    if clusters.size == 0:
-        return -1
-    keep = filter_keep_count(keep_frac, clusters.size)
-    # stable sort on -conf keeps the original order among equal confidences
-    top = np.sort(np.argsort(-conf, kind="stable")[:keep])
-    return weighted_vote(clusters[top], conf[top])
+    answered = np.flatnonzero(clusters >= 0)
+    kept = answered[filter_keep(conf[answered], keep_frac)]
+    return weighted_vote(clusters[kept], conf[kept])
