@@ -1,16 +1,20 @@
 """Stage 4 end to end on the session's test pipeline (real vLLM, math-verify and
 Snakemake): aggregations, metrics, the report files and `snakemake --report`, which
 jobs a changed setting reruns, resuming an aggregation from saved parts, and a
-benchmark added by config alone."""
+benchmark added by config alone; and, without the pipeline, the metrics script on
+small hand-made files (paired differences for any aggregator method)."""
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import logging
 import re
+from types import SimpleNamespace
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -19,7 +23,9 @@ from confagg.config import load_config
 from confagg.curation import load_samples
 from confagg.estimators import MODEL_FREE, budgets_up_to
 from confagg.generation import ShardProgress
-from conftest import BASE_CONFIGS
+from confagg.io import DataError
+from confagg.report import SUMMARY_COLUMNS
+from conftest import BASE_CONFIGS, REPO
 from test_report import count_panels
 
 AGGREGATORS = ["conf_agg", "conf_agg_noconf", "agg_prompted"]
@@ -48,8 +54,9 @@ def check_report(pipeline, benchmarks: dict[str, int], aggregators=AGGREGATORS,
     """Every method at every budget for every benchmark, sane numbers, real plots."""
     with open(pipeline.path("results/report/summary.csv")) as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["benchmark", "method", "budget", "accuracy", "ci_low", "ci_high",
-                             "mean_tokens"]
+    assert list(rows[0]) == SUMMARY_COLUMNS
+    assert SUMMARY_COLUMNS[:7] == ["benchmark", "method", "budget", "accuracy", "ci_low",
+                                   "ci_high", "mean_tokens"]
     assert {r["benchmark"] for r in rows} == set(benchmarks)
     for bench, n in benchmarks.items():
         got = {(r["method"], int(r["budget"])) for r in rows if r["benchmark"] == bench}
@@ -60,13 +67,30 @@ def check_report(pipeline, benchmarks: dict[str, int], aggregators=AGGREGATORS,
         acc, lo, hi = float(r["accuracy"]), float(r["ci_low"]), float(r["ci_high"])
         assert 0 <= lo <= acc + 1e-6 and acc <= hi + 1e-6 and hi <= 1, r
         assert float(r["mean_tokens"]) > 0, r
+        if r["method"] in MODEL_FREE:
+            assert r["diff_ref"] == r["diff"] == r["diff_low"] == r["diff_high"] == "", r
+            continue
+        # an aggregator against majority voting at the largest budget, on the same
+        # problems: the mean of per-problem differences is the difference of the means
+        n = benchmarks[r["benchmark"]]
+        assert r["diff_ref"] == f"majority@{n}", r
+        maj = next(float(q["accuracy"]) for q in rows if q["benchmark"] == r["benchmark"]
+                   and q["method"] == "majority" and int(q["budget"]) == n)
+        d, dlo, dhi = float(r["diff"]), float(r["diff_low"]), float(r["diff_high"])
+        assert d == pytest.approx(acc - maj, abs=2e-6), r
+        assert dlo <= d + 1e-6 and d <= dhi + 1e-6, r
     for name in ("accuracy_vs_samples", "accuracy_vs_tokens"):
         assert count_panels(pipeline.path(f"results/report/{name}.png")) == len(benchmarks)
     md = pipeline.path("results/report/summary.md").read_text()
     for bench, n in benchmarks.items():
         assert f"## {bench} (" in md
         assert f"majority@{n}" in md  # the headline compares with the largest budget
+        assert f"Paired difference from majority@{n} (points):" in md
     assert md.count("**Headline:**") == len(benchmarks)
+    # every headline states its paired interval and the margin behind its verdict
+    assert md.count("paired 95% intervals over") == len(benchmarks)
+    assert all(re.search(r"[+-]\d+\.\d points \[[+-]\d+\.\d, [+-]\d+\.\d\]", line)
+               for line in md.splitlines() if line.startswith("**Headline:**"))
     return rows
 
 
@@ -203,3 +227,74 @@ def test_benchmark_added_by_config_alone(pipeline, bundled_model, tmp_path):
     finally:
         pipeline.run(*REPORT)  # the session's other tests expect the base report
     check_report(pipeline, {"arith_test": 8})
+
+
+# ------------------------------------------------------------ the metrics script, no pipeline
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "workflow" / "scripts" /
+                                                  f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_samples(path, pools: dict[str, list[tuple[int, bool, float]]]):
+    """samples.parquet rows (problem, sample_idx, cluster, correct, conf_mean, tokens)."""
+    rows = [{"problem_id": pid, "sample_idx": i, "answer": None if c < 0 else str(c),
+             "correct": ok, "cluster": c, "n_tokens": 10, "conf_mean": conf}
+            for pid, samples in pools.items() for i, (c, ok, conf) in enumerate(samples)]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+def write_aggregations(path, correct: dict[tuple[str, int], list[bool]]):
+    rows = [{"problem_id": pid, "budget": m, "set_idx": 0, "candidate_ids": list(range(m)),
+             "agg_idx": k, "text": "", "answer": "", "correct": ok, "grade_status": "ok",
+             "finish_reason": "stop", "agg_tokens": 5, "solver_tokens": 10 * m}
+            for (pid, m), oks in correct.items() for k, ok in enumerate(oks)]
+    pq.write_table(pa.Table.from_pylist(rows, schema=AGG_SCHEMA), path)
+
+
+def test_metrics_script_pairs_every_aggregator_with_majority(tmp_path, monkeypatch):
+    script = load_script("evaluate_metrics")
+    monkeypatch.setattr(script, "setup_logging", lambda smk: logging.getLogger("test"))
+    # majority@4: p right (3 of 4), q wrong (two wrong answers outvote one right), r a tie
+    write_samples(tmp_path / "samples.parquet", {
+        "p": [(0, True, 1.0), (0, True, 2.0), (0, True, 1.0), (1, False, 3.0)],
+        "q": [(0, True, 1.0), (1, False, 1.0), (1, False, 1.0), (-1, False, 0.5)],
+        "r": [(0, True, 1.0), (0, True, 1.0), (1, False, 2.0), (1, False, 2.0)]})
+    agg = {("p", 1): [True, False], ("q", 1): [True, True], ("r", 1): [False, False],
+           ("p", 2): [True, True], ("q", 2): [False, False], ("r", 2): [True, True]}
+    write_aggregations(tmp_path / "a.parquet", agg)
+    write_aggregations(tmp_path / "b.parquet", {k: [not v[0]] for k, v in agg.items()})
+    smk = SimpleNamespace(
+        input=SimpleNamespace(samples=str(tmp_path / "samples.parquet"),
+                              aggregations=[str(tmp_path / "a.parquet"),
+                                            str(tmp_path / "b.parquet")]),
+        output=[str(tmp_path / "metrics.parquet")], wildcards=SimpleNamespace(benchmark="B"),
+        params=SimpleNamespace(metric="mean", methods=["conf_agg", "agglm"], n_draws=100,
+                               bootstrap=200, seed=0))
+    script.main(smk)
+    rows = {(r["method"], r["budget"]): r
+            for r in pq.read_table(tmp_path / "metrics.parquet").to_pylist()}
+    majority = {"p": 1.0, "q": 0.0, "r": 0.5}
+    assert rows[("majority", 4)]["accuracy"] == pytest.approx(1.5 / 3)
+    for (method, m), by_problem in {
+            ("conf_agg", 1): {"p": 0.5, "q": 1.0, "r": 0.0},
+            ("conf_agg", 2): {"p": 1.0, "q": 0.0, "r": 1.0},
+            ("agglm", 1): {"p": 0.0, "q": 0.0, "r": 1.0},
+            ("agglm", 2): {"p": 0.0, "q": 1.0, "r": 0.0}}.items():
+        r = rows[(method, m)]
+        want = np.mean([by_problem[p] - majority[p] for p in majority])
+        assert (r["diff_ref"], r["diff"]) == ("majority@4", pytest.approx(want)), (method, m)
+        # the paired interval lies within the extreme per-problem differences
+        diffs = [by_problem[p] - majority[p] for p in majority]
+        assert min(diffs) <= r["diff_low"] <= r["diff"] <= r["diff_high"] <= max(diffs)
+    assert all(rows[(m, b)]["diff_ref"] is None for m in MODEL_FREE for b in (1, 2, 4))
+
+    # aggregations of a problem the samples do not have: the wrong file, named
+    write_aggregations(tmp_path / "b.parquet", {("zz", 1): [True], **agg})
+    with pytest.raises(DataError, match=r"b\.parquet, field 'problem_id': 1 problem\(s\) "
+                                        r"have no reference value to pair with, e\.g\. "
+                                        r"\['zz'\]: not in .*samples\.parquet"):
+        script.main(smk)

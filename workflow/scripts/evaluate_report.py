@@ -1,5 +1,6 @@
 """Rule report: summary.csv, summary.md (with the headline) and the two plots."""
 
+from confagg.estimators import MODEL_FREE
 from confagg.io import read_parquet
 from confagg.report import headline, plot, write_summary
 from confagg.smk import setup_logging
@@ -12,7 +13,9 @@ def main(smk):
     plot(rows, smk.output.samples_png, x="budget")
     plot(rows, smk.output.tokens_png, x="mean_tokens")
     for bench in sorted({r["benchmark"] for r in rows}):
-        log.info("%s: %s", bench, headline([r for r in rows if r["benchmark"] == bench]))
+        br = [r for r in rows if r["benchmark"] == bench]
+        for method in sorted({r["method"] for r in br} - set(MODEL_FREE)):
+            log.info("%s: %s", bench, headline(br, method=method))
     log.info("report of %d rows from %d benchmark(s) written", len(rows), len(smk.input))
 
 

@@ -1,9 +1,12 @@
 """Stage 4 outputs: metrics per benchmark, the summary table, the headline and plots.
 
 A metrics row is {benchmark, method, budget, accuracy, ci_low, ci_high, mean_tokens,
-n_problems}: accuracy in [0, 1] at budget m (solver samples for the model-free
-methods, candidates shown for the aggregators), its 95% bootstrap interval, and the
-mean generated tokens per problem behind it (solver plus aggregator).
+n_problems, diff_ref, diff, diff_low, diff_high}: accuracy in [0, 1] at budget m (solver
+samples for the model-free methods, candidates shown for the aggregators), its 95%
+bootstrap interval, and the mean generated tokens per problem behind it (solver plus
+aggregator). An aggregator's row also holds its paired difference from the reference
+(`diff_ref`, e.g. "majority@8": majority voting at the largest budget) on the same
+problems, with a 95% paired bootstrap interval; empty for the model-free methods.
 """
 
 from __future__ import annotations
@@ -19,16 +22,21 @@ from .estimators import MODEL_FREE
 from .io import atomic_write_text
 
 SUMMARY_COLUMNS = ["benchmark", "method", "budget", "accuracy", "ci_low", "ci_high",
-                   "mean_tokens"]
+                   "mean_tokens", "diff_ref", "diff", "diff_low", "diff_high"]
 AGGREGATORS = ("conf_agg", "conf_agg_noconf", "agg_prompted")
 METHOD_ORDER = (*MODEL_FREE, *AGGREGATORS)
 METRICS_SCHEMA = pa.schema([
     ("benchmark", pa.string()), ("method", pa.string()), ("budget", pa.int32()),
     ("accuracy", pa.float64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()),
     ("mean_tokens", pa.float64()), ("n_problems", pa.int32()),
+    ("diff_ref", pa.string()), ("diff", pa.float64()), ("diff_low", pa.float64()),
+    ("diff_high", pa.float64()),
 ])
 # One fixed colour per method, the same in every panel and both plots (tab10 has ten).
 COLORS = dict(zip(METHOD_ORDER, [f"C{i}" for i in range(10)]))
+# An aggregator "matches" the reference when the lower bound of the paired 95% interval
+# of its difference is above -MATCH_MARGIN (accuracy as a fraction: 0.02 = 2 points).
+MATCH_MARGIN = 0.02
 
 
 def metrics_table(benchmark: str, rows: list[dict]) -> pa.Table:
@@ -44,26 +52,61 @@ def _ordered(methods) -> list[str]:
     return sorted(set(methods), key=_rank)
 
 
-def headline(rows: list[dict], method: str = "conf_agg") -> str:
-    """The smallest m at which `method` matches or beats majority voting at its largest
-    budget, with its token cost against that majority vote (rows of one benchmark)."""
-    maj = [r for r in rows if r["method"] == "majority"]
+def _paired(r: dict) -> bool:
+    return r.get("diff_ref") is not None and r.get("diff_low") is not None
+
+
+# verdict -> how the headline says it
+VERDICTS = {"beats": "beats", "matches": "matches", "falls short": "falls short of",
+            "not distinguishable": "is not distinguishable from"}
+
+
+def verdict(diff_low: float, diff_high: float, margin: float = MATCH_MARGIN) -> str:
+    """What a paired 95% interval of (method - reference) allows one to say (VERDICTS)."""
+    if diff_low > 0:
+        return "beats"
+    if diff_low > -margin:
+        return "matches"
+    if diff_high < 0:
+        return "falls short"
+    return "not distinguishable"
+
+
+def _points(r: dict) -> str:
+    return (f"{100 * r['diff']:+.1f} points [{100 * r['diff_low']:+.1f}, "
+            f"{100 * r['diff_high']:+.1f}]")
+
+
+def headline(rows: list[dict], method: str = "conf_agg", margin: float = MATCH_MARGIN) -> str:
+    """The smallest m at which `method` matches or beats (verdict) its reference, majority
+    voting at the largest budget, by the paired interval, and its token cost against that
+    vote; otherwise the verdict at every m (rows of one benchmark)."""
     agg = sorted((r for r in rows if r["method"] == method), key=lambda r: r["budget"])
-    if not maj:
-        return "majority voting was not evaluated"
-    top = max(maj, key=lambda r: r["budget"])
     if not agg:
         return f"{method} was not evaluated (evaluation.agg_methods)"
-    for r in agg:
-        if r["accuracy"] >= top["accuracy"] - 1e-12:
-            ratio = r["mean_tokens"] / top["mean_tokens"] if top["mean_tokens"] else math.nan
-            return (f"{method} with m={r['budget']} candidates reaches {100 * r['accuracy']:.1f}% "
-                    f"against majority@{top['budget']} {100 * top['accuracy']:.1f}%, at "
-                    f"{ratio:.2f}x its tokens ({r['mean_tokens']:.0f} vs "
-                    f"{top['mean_tokens']:.0f} per problem)")
-    best = max(agg, key=lambda r: (r["accuracy"], -r["budget"]))
-    return (f"{method} does not reach majority@{top['budget']} ({100 * top['accuracy']:.1f}%); "
-            f"its best is {100 * best['accuracy']:.1f}% at m={best['budget']}")
+    paired = [r for r in agg if _paired(r)]
+    if not paired:
+        return f"{method} has no paired comparison with majority voting"
+    ref_name = paired[0]["diff_ref"]
+    ref_method, _, ref_budget = ref_name.partition("@")
+    ref = next((r for r in rows if r["method"] == ref_method
+                and str(r["budget"]) == ref_budget), None)
+    ref_text = f"{ref_name} ({100 * ref['accuracy']:.1f}%)" if ref else ref_name
+    rule = (f"paired 95% intervals over {paired[0]['n_problems']} problems; matches: lower "
+            f"bound above {-100 * margin:g} points, beats: above 0")
+    for r in paired:
+        said = verdict(r["diff_low"], r["diff_high"], margin)
+        if said in ("beats", "matches"):
+            cost = ""
+            if ref and ref["mean_tokens"]:
+                cost = (f", at {r['mean_tokens'] / ref['mean_tokens']:.2f}x its tokens "
+                        f"({r['mean_tokens']:.0f} vs {ref['mean_tokens']:.0f} per problem)")
+            return (f"{method} with m={r['budget']} candidates {VERDICTS[said]} {ref_text} with "
+                    f"{100 * r['accuracy']:.1f}%, difference {_points(r)}{cost} ({rule})")
+    each = "; ".join(f"m={r['budget']}: {100 * r['accuracy']:.1f}%, {_points(r)}, "
+                     f"{VERDICTS[verdict(r['diff_low'], r['diff_high'], margin)]} it"
+                     for r in paired)
+    return f"{method} does not match {ref_text} at any m ({each}; {rule})"
 
 
 def summary_csv(rows: list[dict]) -> str:
@@ -74,18 +117,25 @@ def summary_csv(rows: list[dict]) -> str:
                        lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: (round(r[k], 6) if isinstance(r[k], float) else r[k])
-                    for k in SUMMARY_COLUMNS})
+        w.writerow({k: (round(v, 6) if isinstance(v, float) else v)
+                    for k in SUMMARY_COLUMNS for v in [r.get(k)]})
     return buf.getvalue()
 
 
-def summary_markdown(rows: list[dict]) -> str:
-    """Per benchmark: the headline, accuracy with its interval, and tokens per problem."""
+def summary_markdown(rows: list[dict], margin: float = MATCH_MARGIN) -> str:
+    """Per benchmark: the headline, accuracy with its interval, each aggregator's paired
+    difference from the reference, and tokens per problem."""
     lines = ["# Conf-AggLLM evaluation", "",
              "Accuracy (%) with its 95% bootstrap interval over problems, by method and budget "
              "m: solver samples for the voting methods, candidates shown to the aggregator "
              "for `conf_agg`, `conf_agg_noconf` and `agg_prompted`. Tokens are the generated "
-             "tokens per problem behind each point (solver plus aggregator).", ""]
+             "tokens per problem behind each point (solver plus aggregator).", "",
+             "Each aggregator is compared with majority voting at the largest budget on the "
+             "same problems: the mean per-problem difference in points with a 95% paired "
+             "bootstrap interval (problems resampled with both their values). It *matches* "
+             f"when the interval's lower bound is above {-100 * margin:g} points, *beats* when "
+             "above 0, *falls short* when the whole interval is below 0, and is *not "
+             "distinguishable* otherwise.", ""]
     for bench in sorted({r["benchmark"] for r in rows}):
         br = [r for r in rows if r["benchmark"] == bench]
         budgets = sorted({r["budget"] for r in br})
@@ -98,6 +148,16 @@ def summary_markdown(rows: list[dict]) -> str:
             cells = {r["budget"]: f"{100 * r['accuracy']:.1f} [{100 * r['ci_low']:.1f}, "
                                   f"{100 * r['ci_high']:.1f}]"
                      for r in br if r["method"] == meth}
+            lines.append(f"| {meth} | " + " | ".join(cells.get(b, "") for b in budgets) + " |")
+        paired = [r for r in br if _paired(r)]
+        refs = sorted({r["diff_ref"] for r in paired})
+        if paired:
+            lines += ["", f"Paired difference from {', '.join(refs)} (points):", "", header,
+                      rule]
+        for meth in _ordered(r["method"] for r in paired):
+            cells = {r["budget"]: f"{_points(r).replace(' points', '')} "
+                                  f"{verdict(r['diff_low'], r['diff_high'], margin)}"
+                     for r in paired if r["method"] == meth}
             lines.append(f"| {meth} | " + " | ".join(cells.get(b, "") for b in budgets) + " |")
         lines += ["", "Generated tokens per problem:", "", header, rule]
         for meth in _ordered(r["method"] for r in br):
@@ -151,7 +211,7 @@ def plot(rows: list[dict], path: str | Path, x: str) -> None:
             xs = [r[x] for r in pts]
             color = COLORS.get(meth)
             (line,) = ax.plot(xs, [100 * r["accuracy"] for r in pts],
-                              "-" if meth in AGGREGATORS else "--", marker="o", ms=3,
+                              "--" if meth in MODEL_FREE else "-", marker="o", ms=3,
                               color=color, label=meth)
             ax.fill_between(xs, [100 * r["ci_low"] for r in pts],
                             [100 * r["ci_high"] for r in pts], color=line.get_color(),
