@@ -1,18 +1,15 @@
-"""Answer extraction and math-verify grading that no input can hang.
+"""Answer extraction, math-verify grading and answer clustering that no input can hang.
 
 math-verify's own timeouts use `signal.alarm`, which only works in a process's main
 thread, and some inputs hang regardless (upstream issues #50, #55, #65). So every
-parse and verify runs in worker processes that the parent kills and replaces when
-an item exceeds its time limit. Results are cached per (gold, answer) pair: many
-samples of one problem share an answer string.
+parse and verify runs in a `WorkerPool` (confagg/workerpool.py): worker processes
+with a hard per-item CPU-time limit (`timeout_s`) that die with their owner. A
+timeout is reported as status "timeout", never as a wrong answer.
 
 What keeps it fast: answers are compared as stripped strings, so copies of one
-answer cost one lookup; pairs of plain integers are decided in the parent; the
-rest go to the workers in batches grouped by gold answer, so a worker parses each
-gold once and each distinct answer once (per-worker parse cache). Workers fork from
-a server process that has math-verify imported already, so starting one, or
-replacing one killed at its time limit, costs milliseconds, not an interpreter
-start and a math-verify import.
+answer cost one lookup in a bounded cache; pairs of plain integers are decided in
+the parent; the rest go to the workers in batches grouped by gold answer, so a
+worker parses each gold once and each distinct answer once (per-worker parse cache).
 
 Convention: the gold answer is always parsed first (`verify(gold, pred)`, which is
 asymmetric), and both sides are wrapped in ``\\boxed{}`` so that bare LaTeX such as
@@ -21,31 +18,26 @@ asymmetric), and both sides are wrapped in ``\\boxed{}`` so that bare LaTeX such
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import multiprocessing as mp
 import re
-import sys
-import time
-from collections import deque
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import wait
+from fractions import Fraction
 
 import numpy as np
+
+from .workerpool import WorkerPool
 
 log = logging.getLogger(__name__)
 
 STATUSES = ("ok", "no_answer", "timeout", "error")
-_CHUNK = 32  # items sent to a worker at once (at most); small enough that a kill loses little
-# A worker's start-up (a fork, or the import of the parent's main module) is waited for
-# apart from the per-item time limit, up to this long.
-_START_LIMIT_S = 300.0
-_READY = "ready"
 # Plain integers (most AIME/GSM8K/arithmetic answers) are compared without math-verify,
 # which gives the same verdict for them; this skips a worker round trip per pair.
 _INT = re.compile(r"-?[0-9]{1,100}")  # bounded: int() refuses huge digit strings
+CACHE_SIZE = 1 << 17  # results kept across calls (least recently used go first)
 
 
 @dataclass(frozen=True)
@@ -124,103 +116,23 @@ def _do(kind: str, a: str, b: str | None):
     raise ValueError(f"unknown task kind {kind}")
 
 
-def _worker_main(conn) -> None:
-    import logging as _logging
-
-    _logging.disable(_logging.WARNING)  # math-verify warns on every unparsable string
-    import math_verify  # noqa: F401 (loaded before the parent starts the clock)
-
-    conn.send(_READY)
-    while True:
-        try:
-            batch = conn.recv()
-        except EOFError:
-            return
-        for key, kind, a, b in batch:
-            try:
-                conn.send((key, "ok", _do(kind, a, b)))
-            except Exception as exc:  # a bad input is a result, not a crash
-                conn.send((key, "error", f"{type(exc).__name__}: {exc}"))
-
-
-class _Worker:
-    def __init__(self, ctx):
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child,), daemon=True)
-        with _main_module_hidden():
-            self.proc.start()
-        child.close()
-        self.pending: deque = deque()
-        self.deadline = float("inf")
-        self.ready = False
-
-    def wait_ready(self) -> None:
-        """Block until the worker has started (the fork server's first start imports
-        math-verify; a loaded machine is slow to fork): start-up must not count against
-        the first item's time limit."""
-        if self.ready:
-            return
-        if not self.conn.poll(_START_LIMIT_S):
-            self.kill()
-            raise RuntimeError(f"a math-verify worker did not start within {_START_LIMIT_S}s")
-        if self.conn.recv() != _READY:
-            raise RuntimeError("a math-verify worker sent a result before its ready signal")
-        self.ready = True
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.join()
-        self.conn.close()
-
-
 # ----------------------------------------------------------------------------- parent side
 
-@contextlib.contextmanager
-def _main_module_hidden():
-    """Start a worker without the parent's main module. multiprocessing imports it again
-    in the fork server (and in spawn children), for functions pickled from it; the
-    worker's code is all in this module, and that import costs seconds when the main
-    module imports vLLM, torch or a trainer (a Snakemake script, OpenRLHF's Ray worker)
-    and runs whatever top-level code it has. Without a spec or a file it is skipped."""
-    main = sys.modules.get("__main__")
-    if main is None:
-        yield
-        return
-    saved = {k: main.__dict__[k] for k in ("__spec__", "__file__") if k in main.__dict__}
-    main.__spec__ = None
-    main.__dict__.pop("__file__", None)
-    try:
-        yield
-    finally:
-        main.__dict__.pop("__spec__", None)
-        main.__dict__.update(saved)
-
-
-def _worker_context():
-    """Workers fork from multiprocessing's fork server, a fresh single-threaded process
-    (so safe beside torch/vLLM threads, like spawn) that imports math-verify once:
-    each worker then starts in milliseconds with math-verify loaded. Falls back to
-    spawn where there is no fork server (Windows)."""
-    if "forkserver" not in mp.get_all_start_methods():
-        return mp.get_context("spawn")
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["math_verify", __name__])
-    return ctx
-
-
 class Grader:
-    """A pool of math-verify workers with a hard per-item timeout and a result cache.
+    """math-verify in a `WorkerPool` (hard per-item CPU-time limit `timeout_s`), with a
+    bounded result cache. Thread-safe: concurrent calls are serialized.
+    Use as a context manager (or call close())."""
 
-    Use as a context manager (or call close()). Not thread-safe.
-    """
-
-    def __init__(self, workers: int = 2, timeout_s: float = 5.0):
+    def __init__(self, workers: int = 2, timeout_s: float = 5.0, cache_size: int = CACHE_SIZE):
         self.n_workers = max(1, workers)
         self.timeout_s = timeout_s
-        self._ctx = _worker_context()
-        self._workers: list[_Worker] = []
-        self._cache: dict[tuple, object] = {}
-        self.stats = {"computed": 0, "cache_hits": 0, "timeouts": 0, "errors": 0}
+        self.pool = WorkerPool(_do, workers=self.n_workers, cpu_limit_s=timeout_s,
+                               preload=("math_verify",))
+        self._cache: OrderedDict[tuple, tuple[str, object]] = OrderedDict()
+        self._cache_size = max(0, cache_size)
+        self._lock = threading.RLock()
+        self.stats = {"computed": 0, "cache_hits": 0, "timeouts": 0, "errors": 0,
+                      "worker_deaths": 0, "cluster_timeouts": 0, "cluster_unresolved": 0}
 
     def __enter__(self) -> Grader:
         return self
@@ -229,94 +141,55 @@ class Grader:
         self.close()
 
     def close(self) -> None:
-        for w in self._workers:
-            w.kill()
-        self._workers = []
+        self.pool.close()
+
+    def worker_pids(self) -> list[int]:
+        return self.pool.pids()
 
     def _run(self, tasks: list[tuple[str, str, str | None]], progress: str | None = None) -> dict:
         """Compute the uncached tasks; returns {task: (status, value)} for all of them."""
-        # Grouped by gold (a task's first string), so one worker parses a gold once.
-        todo = deque(sorted((t for t in dict.fromkeys(tasks) if t not in self._cache),
-                            key=lambda t: t[1]))
-        self.stats["cache_hits"] += len(tasks) - len(todo)
-        # Batches small enough that every worker gets several (balanced ends), never
-        # above _CHUNK (a kill at a time limit re-queues the rest of a batch).
-        chunk = max(1, min(_CHUNK, len(todo) // (4 * self.n_workers)))
-        bar = None
-        if progress and todo:
-            from tqdm import tqdm
+        with self._lock:
+            out, todo = {}, []
+            for t in dict.fromkeys(tasks):
+                if t in self._cache:
+                    self._cache.move_to_end(t)
+                    out[t] = self._cache[t]
+                else:
+                    todo.append(t)
+            self.stats["cache_hits"] += len(tasks) - len(todo)
+            todo.sort(key=lambda t: t[1])  # grouped by gold: a worker parses a gold once
+            bar = None
+            if progress and todo:
+                from tqdm import tqdm
 
-            bar = tqdm(total=len(todo), desc=progress, unit="item", mininterval=2)
-        while len(self._workers) < min(self.n_workers, len(todo)):
-            self._workers.append(_Worker(self._ctx))
-        for w in self._workers:  # started side by side above, waited for here
-            w.wait_ready()
-        busy: dict = {}
-        while todo or busy:
-            for w in self._workers:  # feed idle workers
-                if w.conn not in busy and todo:
-                    batch = [todo.popleft() for _ in range(min(chunk, len(todo)))]
-                    w.pending.extend(batch)
-                    w.conn.send([(t, *t) for t in batch])
-                    w.deadline = time.monotonic() + self.timeout_s
-                    busy[w.conn] = w
-            if not busy:
-                break
-            now = time.monotonic()
-            ready = wait(list(busy), timeout=max(0.0, min(w.deadline for w in busy.values()) - now))
-            for conn in ready:
-                w = busy[conn]
-                try:
-                    key, status, value = conn.recv()
-                except (EOFError, OSError):  # the worker died (e.g. out of memory)
-                    self._fail_head(w, "error", "worker process died")
-                    self._replace(w, busy)
-                    continue
-                w.pending.remove(key)
-                self._store(key, status, value)
+                bar = tqdm(total=len(todo), desc=progress, unit="item", mininterval=2)
+            try:
+                results = self.pool.run(todo, on_result=bar.update if bar else None)
+            finally:
                 if bar:
-                    bar.update()
-                w.deadline = time.monotonic() + self.timeout_s
-                if not w.pending:
-                    del busy[conn]
-            now = time.monotonic()
-            for w in [w for w in busy.values() if w.deadline <= now]:
-                self._fail_head(w, "timeout", None)
-                if bar:
-                    bar.update()
-                todo.extendleft(reversed(w.pending))  # the rest of its batch goes back
-                w.pending.clear()
-                self._replace(w, busy)
-        if bar:
-            bar.close()
-        return {t: self._cache[t] for t in tasks}
-
-    def _fail_head(self, w: _Worker, status: str, value) -> None:
-        key = w.pending.popleft()
-        self._store(key, status, value)
-        if status == "timeout":
-            log.warning("math-verify timed out after %.1fs on %r", self.timeout_s, key[1:])
-
-    def _replace(self, w: _Worker, busy: dict) -> None:
-        busy.pop(w.conn, None)
-        w.kill()
-        new = _Worker(self._ctx)
-        new.wait_ready()
-        self._workers[self._workers.index(w)] = new
-
-    def _store(self, key, status: str, value) -> None:
-        self._cache[key] = (status, value)
-        self.stats["computed"] += 1
-        if status == "timeout":
-            self.stats["timeouts"] += 1
-        elif status == "error":
-            self.stats["errors"] += 1
+                    bar.close()
+                self.stats["worker_deaths"] = self.pool.stats["worker_deaths"]
+            for t, (status, value) in zip(todo, results):
+                out[t] = (status, value)
+                self.stats["computed"] += 1
+                if status == "timeout":
+                    self.stats["timeouts"] += 1
+                elif status == "error":
+                    self.stats["errors"] += 1
+                self._cache[t] = (status, value)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+            return out
 
     # -- public API --------------------------------------------------------------------
 
-    def extract(self, texts: Sequence[str], progress: str | None = None) -> list[str | None]:
-        """extract_answer for many texts: the boxed answer, else math-verify's extraction."""
+    def extract(self, texts: Sequence[str], progress: str | None = None,
+                boxed_only: bool = False) -> list[str | None]:
+        """The answer of each text: its last \\boxed{} content, else (unless
+        `boxed_only`) math-verify's extraction, else None."""
         out: list[str | None] = [last_boxed(t) for t in texts]
+        if boxed_only:
+            return out
         tasks = [("extract", t, None) for t, a in zip(texts, out) if a is None and t.strip()]
         results = self._run(tasks, progress)
         it = iter(tasks)
@@ -345,8 +218,9 @@ class Grader:
             grades.append(Grade(bool(value) if status == "ok" else False, status))
         return grades
 
-    def equivalent(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:
-        """Whether two answers are the same mathematical object (a timeout counts as not)."""
+    def equivalence(self, pairs: Sequence[tuple[str, str]]) -> list[Grade]:
+        """Whether two answers are the same mathematical object, with the status of each
+        comparison (a timeout is status "timeout", not a verdict)."""
         tasks = [("equiv", _norm(a), _norm(b)) for a, b in pairs
                  if a != b and not _int_pair(a, b)]
         results = self._run(tasks)
@@ -354,11 +228,15 @@ class Grader:
         for a, b in pairs:
             ints = _int_pair(a, b)
             if a == b or ints:
-                out.append(a == b or ints[0] == ints[1])
+                out.append(Grade(a == b or ints[0] == ints[1], "ok"))
             else:
                 status, value = results[("equiv", _norm(a), _norm(b))]
-                out.append(status == "ok" and bool(value))
+                out.append(Grade(status == "ok" and bool(value), status))
         return out
+
+    def equivalent(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:
+        """`equivalence` as booleans (a timeout counts as not equivalent)."""
+        return [g.correct for g in self.equivalence(pairs)]
 
 
 def extract_answer(text: str, timeout_s: float = 5.0) -> str | None:
@@ -382,20 +260,89 @@ def verify_one(gold: str, answer: str | None, timeout_s: float = 5.0) -> Grade:
         return Grade(False, "error")
 
 
-def cluster_answers(answers: Sequence[str | None], grader: Grader) -> np.ndarray:
+# ----------------------------------------------------------------------------- clustering
+
+_DEC = re.compile(r"[-+]?(?:[0-9]{1,60}(?:\.[0-9]{0,60})?|\.[0-9]{1,60})")
+_FRAC = re.compile(r"([-+]?)\\[dt]?frac\{([-+]?[0-9]{1,60})\}\{([0-9]{1,60})\}")
+_SLASH = re.compile(r"([-+]?[0-9]{1,60})/([0-9]{1,60})")
+_SPACE = re.compile(r"\s+(?![A-Za-z])|(?<![A-Za-z])\s+")  # keeps "\pi r" apart from "\pir"
+_NOISE = re.compile(r"\\left(?![A-Za-z])|\\right(?![A-Za-z])|\\[,;!]")
+
+
+def cheap_key(answer: str) -> tuple:
+    """A key that equal answers often share and unequal ones never do, without
+    math-verify: the exact value of a plain number (integer, decimal, a/b,
+    \\frac{a}{b}), else the string without insignificant spaces and sizing macros."""
+    s = _NOISE.sub("", answer.strip()).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = _SPACE.sub("", s)
+    try:
+        if _DEC.fullmatch(s):
+            return ("num", Fraction(s))
+        m = _FRAC.fullmatch(s) or _SLASH.fullmatch(s)
+        if m:
+            *sign, num, den = m.groups()
+            value = Fraction(int(num), int(den))
+            return ("num", -value if sign and sign[0] == "-" else value)
+    except (ValueError, ZeroDivisionError):
+        pass
+    return ("str", s)
+
+
+def cluster_answers(answers: Sequence[str | None], grader: Grader, *, max_pairs: int = 2048,
+                    max_timeouts: int = 4) -> np.ndarray:
     """Group answers by mathematical equivalence: int32 cluster ids in order of first
-    appearance, -1 for no answer. Identical strings never need math-verify; each new
-    distinct string is compared with one representative of every cluster so far."""
+    appearance, -1 for no answer.
+
+    Answers with one `cheap_key` (identical strings, equal plain numbers) share a
+    cluster without math-verify. Each other distinct answer is compared with the
+    representatives of the clusters so far, `grader.n_workers` comparisons at a time,
+    until one is equivalent. The worst case is bounded: at most `max_pairs`
+    comparisons and about `max_timeouts` timed-out ones per call (a timed-out round
+    costs one `timeout_s` of CPU time per worker). An answer whose comparison timed
+    out, or that the caps leave uncompared, gets a cluster of its own and is counted
+    in `grader.stats` ("cluster_timeouts", "cluster_unresolved"); a representative
+    that timed out twice is compared no more.
+    """
     ids = np.full(len(answers), -1, dtype=np.int32)
-    reps: list[str] = []
-    of_string: dict[str, int] = {}
+    group_of: dict[tuple, int] = {}  # cheap key -> cluster id
+    reps: list[str] = []  # one answer per cluster
+    active: list[int] = []  # clusters whose representative is still compared
+    strikes: dict[int, int] = {}
+    pairs = timeouts = 0
+    width = max(1, grader.n_workers)
     for i, a in enumerate(answers):
         if a is None:
             continue
-        if a not in of_string:
-            same = grader.equivalent([(r, a) for r in reps]) if reps else []
-            of_string[a] = next((c for c, eq in enumerate(same) if eq), len(reps))
-            if of_string[a] == len(reps):
-                reps.append(a)
-        ids[i] = of_string[a]
+        key = cheap_key(a)
+        if key in group_of:
+            ids[i] = group_of[key]
+            continue
+        found, unresolved = None, False
+        candidates = list(active)
+        while candidates and found is None and not unresolved:
+            if pairs >= max_pairs or timeouts >= max_timeouts:
+                unresolved = True
+                break
+            batch, candidates = candidates[:width], candidates[width:]
+            batch = batch[:max_pairs - pairs]
+            pairs += len(batch)
+            verdicts = grader.equivalence([(reps[c], a) for c in batch])
+            found = next((c for c, v in zip(batch, verdicts) if v.correct), None)
+            for c, v in zip(batch, verdicts):
+                if v.status == "timeout":
+                    timeouts += 1
+                    unresolved = found is None
+                    strikes[c] = strikes.get(c, 0) + 1
+                    if strikes[c] >= 2 and c in active:
+                        active.remove(c)
+        if found is None:
+            found = len(reps)
+            reps.append(a)
+            if unresolved:
+                grader.stats["cluster_unresolved"] += 1
+            else:
+                active.append(found)
+        group_of[key] = found
+        ids[i] = found
+    grader.stats["cluster_timeouts"] += timeouts
     return ids
