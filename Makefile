@@ -8,7 +8,7 @@ FLAVOUR := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu
 STAMP := $(VENV)/.setup-$(FLAVOUR)
 OPENRLHF_TARGET := $(VENV)/openrlhf-0.11.2
 
-.PHONY: setup run test lint bench dry-run install-profiles clean-results
+.PHONY: setup run test lint bench plan dry-run install-profiles clean-results
 
 setup: $(STAMP)
 
@@ -42,6 +42,11 @@ lint: setup
 bench: setup
 	$(VENV)/bin/snakemake --profile profiles/local resources/models/smollm2-135m
 	$(PY) -m confagg.bench $(BENCH_ARGS)
+
+# What the active config will cost (problems, samples, tokens, curated rows, training
+# prompts, steps and time): docs/full-scale.md. PLAN_ARGS="--configfile my.yaml ...".
+plan:
+	$(PY) -m confagg.plan $(PLAN_ARGS)
 
 dry-run: setup
 	$(VENV)/bin/snakemake --profile profiles/gpu4 -n

@@ -95,9 +95,13 @@ def sampling_settings(wildcards=None):
 RUN = config["training"]["run"]
 
 # training keys that only the OpenRLHF command reads (TRL has its own under `trl`);
-# `run` is in the output path and `trainer` picks the rule.
+# `run` is in the output path and `trainer` picks the rule; the prompt caps reach TRL
+# through the drawn prompts file (rule training_prompts).
 OPENRLHF_ONLY_KEYS = (
     "openrlhf",
+    "max_prompts",
+    "max_val_prompts",
+    "eval_samples",
     "rollout_batch_size",
     "train_batch_size",
     "epochs",
@@ -112,33 +116,6 @@ def trl_settings(wildcards=None):
     """The training settings a TRL job reads (its params): a change to an OpenRLHF-only
     key does not retrain with TRL, nor rerun the evaluation after it."""
     return {k: v for k, v in config["training"].items() if k not in OPENRLHF_ONLY_KEYS}
-
-
-def train_inputs(wildcards):
-    """What a trainer reads: the curated splits and the aggregator's base model."""
-    base = f"results/curate/{SOLVER}/{TRAIN_DATASET}"
-    return {
-        "train": f"{base}/train.jsonl",
-        "val": f"{base}/val.jsonl",
-        "model": model_input(AGGREGATOR),
-    }
-
-
-def openrlhf_command(wildcards, resources):
-    """The OpenRLHF 0.11.2 command line for this job (shown by `snakemake -n -p`)."""
-    from confagg.train_openrlhf import build_command, shell_command
-
-    base = f"results/curate/{SOLVER}/{TRAIN_DATASET}"
-    argv = build_command(
-        config["training"],
-        model_path=model_path(AGGREGATOR),
-        train_path=f"{base}/train.jsonl",
-        val_path=f"{base}/val.jsonl",
-        output_dir=f"results/train/{wildcards.run}/model",
-        ckpt_dir=f"results/.progress/train/{wildcards.run}/ckpt",
-        n_gpus=resources.gpu,
-    )
-    return shell_command(argv)
 
 
 def tokenizer_dir(model_files):

@@ -1,17 +1,50 @@
 # Stage 3, train: GRPO on the curated aggregation prompts. The config's
 # training.trainer picks OpenRLHF (Ray, multi-GPU) or TRL (one process).
+TRAINER = config["training"]["trainer"]
+PROMPTS = "results/train/{run}/prompts"
+TENSORBOARD = "logs/train/{run}/tensorboard"
 
 
-if config["training"]["trainer"] == "openrlhf":
+include: "train_inputs.smk"
+
+if TRAINER == "openrlhf":
+    from confagg.train_openrlhf import check_lengths
+
+    check_lengths(config)
+
+
+rule training_prompts:
+    input:
+        f"results/curate/{SOLVER}/{TRAIN_DATASET}/{{split}}.jsonl",
+    output:
+        rows=f"{PROMPTS}/{{split}}.jsonl",
+        mix=f"{PROMPTS}/{{split}}_mix.json",
+    wildcard_constraints:
+        split="train|val",
+    params:
+        cap=prompt_cap,
+        seed=config["training"]["seed"],
+    log:
+        "logs/train/{run}/prompts_{split}.log",
+    benchmark:
+        "benchmarks/train/{run}/prompts_{split}.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        "../workflow/scripts/train_prompts.py"
+
+
+if TRAINER == "openrlhf":
 
     rule train_openrlhf:
         input:
-            unpack(train_inputs),
+            unpack(prompt_inputs),
         output:
             model=directory("results/train/{run}/model"),
         params:
-            cmd=openrlhf_command,
+            cmd=openrlhf_shell,
             ckpt_dir="results/.progress/train/{run}/ckpt",
+            tensorboard=TENSORBOARD,
         resources:
             gpu=4,
         log:
@@ -21,13 +54,13 @@ if config["training"]["trainer"] == "openrlhf":
         conda:
             "../envs/train-openrlhf.yaml"
         shell:
-            "mkdir -p {params.ckpt_dir} && {params.cmd} > {log} 2>&1"
+            "mkdir -p {params.ckpt_dir} {params.tensorboard} && {params.cmd} > {log} 2>&1"
 
 else:
 
     rule train_trl:
         input:
-            unpack(train_inputs),
+            unpack(prompt_inputs),
         output:
             model=directory("results/train/{run}/model"),
             history="results/train/{run}/train_log.jsonl",
@@ -35,6 +68,7 @@ else:
             training=trl_settings(),
             model_path=model_path(AGGREGATOR),
             ckpt_dir="results/.progress/train/{run}/ckpt",
+            tensorboard=TENSORBOARD,
         resources:
             gpu=1,
         log:
@@ -47,4 +81,27 @@ else:
             "../workflow/scripts/train_trl.py"
 
 
-TARGETS.append(f"results/train/{RUN}/model")
+rule training_curves:
+    input:
+        unpack(curves_inputs),
+    output:
+        png=report(
+            "results/report/training_curves.png",
+            category="Training",
+            labels={"figure": "training curves"},
+            caption="../workflow/report/training_curves.rst",
+        ),
+    params:
+        run=RUN,
+        tensorboard=TENSORBOARD.format(run=RUN),
+    log:
+        "logs/train/training_curves.log",
+    benchmark:
+        "benchmarks/train/training_curves.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        "../workflow/scripts/train_curves.py"
+
+
+TARGETS.extend([f"results/train/{RUN}/model", "results/report/training_curves.png"])

@@ -31,7 +31,9 @@ SHARDS = {f"{GEN}/{d}/shards/{s}.parquet" for d in ("arith_train", "arith_test")
           for s in (0, 1)}
 CURATED = {f"{CUR}/{n}" for n in ("train.jsonl", "val.jsonl", "sets.parquet",
                                   "curate_report.json", "curate_report.md")}
-TRAINED = {"results/train/confagg-grpo/model", "results/train/confagg-grpo/train_log.jsonl"}
+PROMPTS = {f"results/train/confagg-grpo/prompts/{n}" for n in ("train.jsonl", "train_mix.json")}
+TRAINED = {"results/train/confagg-grpo/model", "results/train/confagg-grpo/train_log.jsonl",
+           "results/report/training_curves.png"} | PROMPTS
 REPORT = {f"results/report/{n}" for n in ("summary.csv", "summary.md",
                                           "accuracy_vs_samples.png", "accuracy_vs_tokens.png")}
 METRICS = {f"{EVAL}/metrics.parquet"}
@@ -42,9 +44,10 @@ GENERATED = SHARDS | {f"{GEN}/{d}/{n}" for d in ("arith_train", "arith_test")
 STATS = {f"{CUR}/problems.parquet", f"{CUR}/calibration.json"}
 
 EVAL_JOBS = {"evaluate_benchmark": 1, "report": 1}
-CURATION_JOBS = {"aggregation_sets": 1, "train_trl": 1, "aggregate": 2, **EVAL_JOBS}
+TRAIN_JOBS = {"training_prompts": 1, "train_trl": 1, "training_curves": 1}
+CURATION_JOBS = {"aggregation_sets": 1, **TRAIN_JOBS, "aggregate": 2, **EVAL_JOBS}
 SAMPLING_JOBS = {"generate": 4, "merge_generated": 2, "grade_samples": 2, "problem_stats": 1,
-                 "calibrate_confidence": 1, "aggregation_sets": 1, "train_trl": 1,
+                 "calibrate_confidence": 1, "aggregation_sets": 1, **TRAIN_JOBS,
                  "aggregate": 3, **EVAL_JOBS}
 
 # (overlay, jobs the dry run plans, outputs whose own params changed, outputs to remake)
@@ -63,6 +66,10 @@ CASES = {
                                   CURATED, CURATED | TRAINED | TRAINED_AGGS | METRICS | REPORT),
     "curation.easy_percent": ({"curation": {"easy_percent": 25}}, CURATION_JOBS, CURATED,
                               CURATED | TRAINED | TRAINED_AGGS | METRICS | REPORT),
+    # The prompt cap reruns the draw; TRL sees it only through the drawn file.
+    "training.max_prompts": ({"training": {"max_prompts": 2}},
+                             {**TRAIN_JOBS, "aggregate": 2, **EVAL_JOBS}, PROMPTS,
+                             TRAINED | TRAINED_AGGS | METRICS | REPORT),
     # An OpenRLHF-only setting does not reach the TRL trainer's params.
     "training.openrlhf.zero_stage": ({"training": {"openrlhf": {"zero_stage": 2}}}, {}, set(),
                                      set()),

@@ -1,0 +1,50 @@
+# Input and parameter functions of the training rules (rules/train.smk).
+
+
+def prompt_inputs(wildcards):
+    """The run's seeded draw from the curated splits (TRL does not validate) and the
+    aggregator's base model."""
+    base = PROMPTS.format(run=wildcards.run)
+    files = {"train": f"{base}/train.jsonl", "model": model_input(AGGREGATOR)}
+    if TRAINER == "openrlhf":
+        files["val"] = f"{base}/val.jsonl"
+    return files
+
+
+def prompt_cap(wildcards):
+    """training.max_prompts for the train split, max_val_prompts for val."""
+    key = "max_prompts" if wildcards.split == "train" else "max_val_prompts"
+    return config["training"][key]
+
+
+def openrlhf_python():
+    """The OpenRLHF environment's interpreter: `training.openrlhf.python` when the
+    config has it, else `python` on PATH (the job's environment)."""
+    return config["training"]["openrlhf"].get("python") or "python"
+
+
+def openrlhf_shell(wildcards, resources):
+    """The OpenRLHF 0.11.2 command line for this job (shown by `snakemake -n -p`)."""
+    from confagg.train_openrlhf import build_command, shell_command
+
+    base = PROMPTS.format(run=wildcards.run)
+    argv = build_command(
+        config["training"],
+        model_path=model_path(AGGREGATOR),
+        train_path=f"{base}/train.jsonl",
+        val_path=f"{base}/val.jsonl",
+        output_dir=f"results/train/{wildcards.run}/model",
+        ckpt_dir=f"results/.progress/train/{wildcards.run}/ckpt",
+        n_gpus=resources.gpu,
+        python=openrlhf_python(),
+        tensorboard_dir=TENSORBOARD.format(run=wildcards.run),
+        run=wildcards.run,
+    )
+    return shell_command(argv)
+
+
+def curves_inputs(wildcards):
+    """TRL's per-step log; OpenRLHF logs steps only to TensorBoard (read after training)."""
+    if TRAINER == "trl":
+        return {"history": f"results/train/{RUN}/train_log.jsonl"}
+    return {"model": f"results/train/{RUN}/model"}

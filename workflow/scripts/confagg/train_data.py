@@ -1,0 +1,81 @@
+"""The prompts a training run reads: a seeded draw from the curated train/val splits.
+
+`training.max_prompts` (and `max_val_prompts`) cap the rows; the draw keeps the split's
+mix, i.e. the share of every (k, difficulty) stratum that curation made (AggLM's
+hard sets plus easy_percent% easy ones, per k), by largest-remainder allocation. Each
+stratum is drawn with its own seeded generator, and the chosen rows keep their file
+order, so a run's prompts depend only on the split, the cap and the seed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from typing import Any
+
+from .io import DataError, read_jsonl
+
+DIFFICULTIES = ("hard", "easy")
+
+
+def strata(rows: list[dict[str, Any]], path: str) -> dict[tuple[int, str], list[int]]:
+    """Row indexes by (k, difficulty); a row without them is an error naming it."""
+    out: dict[tuple[int, str], list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        k = r.get("k")
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise DataError(path, f"k must be a positive integer, got {k!r}", row=i + 1, field="k")
+        d = r.get("difficulty")
+        if d not in DIFFICULTIES:
+            raise DataError(path, f"difficulty must be one of {DIFFICULTIES}, got {d!r}",
+                            row=i + 1, field="difficulty")
+        out[(k, d)].append(i)
+    return dict(out)
+
+
+def allocate(sizes: dict[tuple[int, str], int], cap: int) -> dict[tuple[int, str], int]:
+    """Rows per stratum: `cap` split in proportion to `sizes` (largest remainder; ties go
+    to the stratum that sorts first), never more than a stratum holds."""
+    total = sum(sizes.values())
+    if cap >= total:
+        return dict(sizes)
+    exact = {s: cap * n / total for s, n in sizes.items()}
+    take = {s: int(x) for s, x in exact.items()}
+    order = sorted(sizes, key=lambda s: (-(exact[s] - take[s]), s))
+    for s in order[:cap - sum(take.values())]:
+        take[s] += 1
+    return take
+
+
+def draw(rows: list[dict[str, Any]], cap: int | None, seed: int, path: str
+         ) -> list[dict[str, Any]]:
+    """At most `cap` rows (all when `cap` is None), the (k, difficulty) mix kept."""
+    groups = strata(rows, path)
+    if cap is None or cap >= len(rows):
+        return list(rows)
+    take = allocate({s: len(v) for s, v in groups.items()}, cap)
+    chosen: list[int] = []
+    for (k, d), idx in sorted(groups.items()):
+        chosen += random.Random(f"{seed}:{k}:{d}").sample(idx, take[(k, d)])
+    return [rows[i] for i in sorted(chosen)]
+
+
+def mix(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Counts per stratum, as 'k=2 hard': n (for logs and the plan)."""
+    counts: dict[str, int] = defaultdict(int)
+    for r in rows:
+        counts[f"k={r['k']} {r['difficulty']}"] += 1
+    return dict(sorted(counts.items()))
+
+
+def select_file(src: str, dst: str, cap: int | None, seed: int) -> dict[str, Any]:
+    """Write the drawn rows of `src` to `dst`; returns the mix before and after."""
+    from .io import write_jsonl
+
+    rows = read_jsonl(src)
+    if not rows:
+        raise DataError(src, "no rows")
+    kept = draw(rows, cap, seed, src)
+    write_jsonl(dst, kept)
+    return {"path": src, "rows": len(rows), "kept": len(kept), "mix": mix(rows),
+            "kept_mix": mix(kept)}
