@@ -18,9 +18,8 @@ def prompt_cap(wildcards):
 
 
 def openrlhf_python():
-    """The OpenRLHF environment's interpreter: `training.openrlhf.python` when the
-    config has it, else `python` on PATH (the job's environment)."""
-    return config["training"]["openrlhf"].get("python") or "python"
+    """The OpenRLHF environment's interpreter (`training.openrlhf.python`)."""
+    return config["training"]["openrlhf"]["python"]
 
 
 def openrlhf_shell(wildcards, resources):

@@ -251,7 +251,8 @@ def test_dry_run_shows_the_openrlhf_command(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-4000:]
-    assert "-m openrlhf.cli.train_ppo_ray --actor.model_name_or_path " \
+    python = load_config(REPO / "config.yaml")["training"]["openrlhf"]["python"]
+    assert f"{python} -m openrlhf.cli.train_ppo_ray --actor.model_name_or_path " \
            "Qwen/Qwen2.5-1.5B-Instruct" in proc.stdout
     assert "--actor.num_gpus_per_node 4" in proc.stdout
     assert "results/train/confagg-grpo/prompts/train.jsonl" in proc.stdout
