@@ -18,8 +18,13 @@ def prompt_cap(wildcards):
 
 
 def openrlhf_python():
-    """The OpenRLHF environment's interpreter (`training.openrlhf.python`)."""
-    return config["training"]["openrlhf"]["python"]
+    """The OpenRLHF environment's interpreter (`training.openrlhf.python`); a relative
+    path is the repository's (make setup builds .venv-openrlhf there), whatever the
+    working directory."""
+    python = config["training"]["openrlhf"]["python"]
+    if os.sep in python and not os.path.isabs(python):
+        return os.path.join(workflow.basedir, python)
+    return python
 
 
 def openrlhf_shell(wildcards, resources):

@@ -12,7 +12,7 @@ from email.parser import Parser
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, SNAKEMAKE
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -202,3 +202,16 @@ def test_make_setup_refuses_other_flavour_venv(tmp_path):
     assert proc.returncode != 0
     assert f"{venv} holds the cpu flavour; remove it" in proc.stderr
     assert sorted(p.name for p in venv.iterdir()) == [".setup-cpu"]
+
+
+@pytest.mark.parametrize("profile", ["gpu4", "slurm"])
+def test_profiles_run_openrlhf_with_its_environment(tmp_path, profile):
+    """Under the GPU profiles the train job calls the OpenRLHF environment's interpreter
+    by its path in the repository (nothing to activate), from any working directory."""
+    cmd = [SNAKEMAKE, "results/train/confagg-grpo/model", "-s", str(REPO / "Snakefile"),
+           "--directory", str(tmp_path), "--profile", str(REPO / "profiles" / profile),
+           "-n", "-p"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert f"&& {REPO}/.venv-openrlhf/bin/python -m openrlhf.cli.train_ppo_ray " in out
