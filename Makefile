@@ -62,6 +62,8 @@ $(OR_STAMP): requirements/openrlhf.txt requirements/constraints-openrlhf.txt pyp
 	test -x $(OR_VENV)/bin/python || $(PYTHON) -m venv $(OR_VENV)
 	$(OR_PIP) install --upgrade "pip>=25"
 	$(OR_PIP) install -r requirements/openrlhf.txt $(OR_LOCK)
+	@[[ "$(FLASH_ATTN)" != flash-attn==* || -n "$${CUDA_HOME:-}" ]] || command -v nvcc >/dev/null || \
+	    echo "make setup: no nvcc and no CUDA_HOME: flash-attn builds only if its release has a wheel for this torch; else load a CUDA 13 toolkit or pass FLASH_ATTN=<wheel>" >&2
 	$(OR_PIP) install --no-build-isolation $(OR_LOCK) "$(FLASH_ATTN)"
 	$(OR_PIP) install $(OR_LOCK) "openrlhf[vllm]==0.11.2"
 	@# The reward function (confagg/reward.py) imports the project's grader.
