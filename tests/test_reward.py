@@ -179,3 +179,15 @@ def test_loads_by_path_the_way_openrlhf_does_with_settings_from_the_environment(
     assert proc.stdout.split("\n")[:3] == ["False 2.5", "[1.0]", "[1.0]"]
     proc = _load_by_path(tmp_path, "", {reward.ENV: '{"require_boxed": 1}'})
     assert proc.returncode != 0 and "CONFAGG_REWARD.require_boxed" in proc.stderr
+
+
+def test_the_shell_prefix_carries_the_settings_to_the_command():
+    # OpenRLHF's job line starts with it; the reward module reads it where it loads.
+    s = RewardSettings(require_boxed=False, timeout_s=7.5)
+    code = "import os, json; print(os.environ['CONFAGG_REWARD'])"
+    out = subprocess.run(["bash", "-c", f"{s.shell_prefix()} {sys.executable} -c \"{code}\""],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    assert RewardSettings.from_mapping(json.loads(out.stdout), "env") == s

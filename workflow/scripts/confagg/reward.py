@@ -29,6 +29,7 @@ import logging
 import os
 import queue
 import re
+import shlex
 import sys
 import threading
 from pathlib import Path
@@ -88,6 +89,11 @@ class RewardSettings(NamedTuple):  # not a dataclass: OpenRLHF's loader leaves s
     def env(self) -> str:
         """The value of CONFAGG_REWARD that carries these settings."""
         return json.dumps(self._asdict(), sort_keys=True)
+
+    def shell_prefix(self) -> str:
+        """`CONFAGG_REWARD='...'` to put before a shell command (OpenRLHF's job: Ray's
+        workers on the job's node inherit the variable)."""
+        return f"{ENV}={shlex.quote(self.env())}"
 
 
 class _Graders:
