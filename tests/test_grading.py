@@ -238,6 +238,19 @@ def test_a_worker_killed_mid_batch_has_its_batch_requeued():
     assert out["grades"] == [Grade(True, "ok")] * 8 + [Grade(False, "ok")]
 
 
+def test_a_worker_killed_while_idle_is_replaced_on_the_next_call():
+    import os
+    import signal
+
+    with Grader(workers=1, timeout_s=5.0) as g:
+        g.grade([("1/4", "0.25")])
+        (pid,) = g.worker_pids()
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+        assert g.grade([("1/3", r"\frac{2}{6}")]) == [Grade(True, "ok")]
+        assert g.worker_pids() != [pid]
+
+
 def test_an_item_whose_worker_dies_twice_is_an_error_not_a_hang():
     import os
     import signal

@@ -269,6 +269,8 @@ class _Run:
         self.pool._start(min(self.pool.n_workers, len(self.tasks)))
         while self.todo or self.busy:
             self._feed()
+            if not self.busy:  # a worker found dead while being fed: feed its successor
+                continue
             deadline = min(w.since for w in self.busy.values()) + self.pool.wall_limit_s
             for conn in wait(list(self.busy), timeout=max(0.0, deadline - time.monotonic())):
                 self._receive(self.busy[conn])
@@ -282,9 +284,12 @@ class _Run:
             if w.conn not in self.busy and self.todo:
                 batch = [self.todo.popleft() for _ in range(min(self.chunk, len(self.todo)))]
                 w.pending.extend(batch)
-                w.conn.send([(i, self.tasks[i]) for i in batch])
                 w.since = time.monotonic()
                 self.busy[w.conn] = w
+                try:
+                    w.conn.send([(i, self.tasks[i]) for i in batch])
+                except OSError:  # it died while idle
+                    self._lost(w, killed_at_limit=False)
 
     def _receive(self, w: _Worker) -> None:
         try:
