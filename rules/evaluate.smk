@@ -48,7 +48,11 @@ rule aggregate:
         evaluation={k: config["evaluation"][k] for k in AGG_KEYS},
         show_confidence=lambda wc: wc.method != "conf_agg_noconf",
         token_budget=config["curation"]["prompt_token_budget"],
-        grading=config["grading"],
+        # answers extracted as the reward does (training.reward.require_boxed)
+        grading={
+            **config["grading"],
+            "require_boxed": config["training"]["reward"]["require_boxed"],
+        },
         progress_dir="results/.progress/evaluate/{run}/{benchmark}/{method}",
     resources:
         gpu=1,

@@ -65,7 +65,13 @@ else:
             model=directory("results/train/{run}/model"),
             history="results/train/{run}/train_log.jsonl",
         params:
-            training=trl_settings(),
+            training=dict(
+                trl_settings(),
+                reward={
+                    **config["training"]["reward"],
+                    "timeout_s": config["grading"]["timeout_s"],
+                },
+            ),
             model_path=model_path(AGGREGATOR),
             ckpt_dir="results/.progress/train/{run}/ckpt",
             tensorboard=TENSORBOARD,

@@ -44,7 +44,13 @@ def openrlhf_shell(wildcards, resources):
         tensorboard_dir=TENSORBOARD.format(run=wildcards.run),
         run=wildcards.run,
     )
-    return shell_command(argv)
+    from confagg.reward import RewardSettings
+
+    reward = RewardSettings(
+        require_boxed=config["training"]["reward"]["require_boxed"],
+        timeout_s=config["grading"]["timeout_s"],
+    )
+    return f"{reward.shell_prefix()} {shell_command(argv)}"
 
 
 def curves_inputs(wildcards):

@@ -121,8 +121,10 @@ def run_aggregation(*, samples_path: str, dataset_path: str, calibration_path: s
                         f"the dataset, e.g. {missing[:3]}", field="id")
     sets = agg_sets(samples, list(evaluation["agg_budgets"]), evaluation["agg_sets"],
                     evaluation["seed"])
+    boxed_only = bool(grading.get("require_boxed", True))  # as the reward extracts
     progress = ShardProgress(progress_dir, progress_fingerprint(
-        model_path=model_path, evaluation=evaluation, show_confidence=show_confidence,
+        model_path=model_path, evaluation={**evaluation, "require_boxed": boxed_only},
+        show_confidence=show_confidence,
         token_budget=token_budget, calibration_path=calibration_path, sets=sets))
     done = _done_keys(progress)
     todo = [s for s in sets if (s["budget"], s["problem_id"], s["set_idx"]) not in done]
@@ -173,7 +175,7 @@ def run_aggregation(*, samples_path: str, dataset_path: str, calibration_path: s
                                         "finish_reason": comp.finish_reason,
                                         "agg_tokens": len(comp.token_ids),
                                         "solver_tokens": solver_tokens})
-                answers = grader.extract(finals)
+                answers = grader.extract(finals, boxed_only=boxed_only)
                 grades = grader.grade([(problems[r["problem_id"]]["answer"], a)
                                        for r, a in zip(records, answers)])
                 for r, a, gr in zip(records, answers, grades):

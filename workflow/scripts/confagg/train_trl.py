@@ -87,7 +87,9 @@ def train(cfg: dict[str, Any], *, model_path: str, train_path: str,
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    from .reward import trl_reward
+    from .reward import configure, trl_reward
+
+    configure(**cfg["reward"])  # training.reward (+ grading.timeout_s from the rule)
 
     t = cfg["trl"]
     train_ds = Dataset.from_list(load_prompts(train_path))
