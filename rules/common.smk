@@ -81,7 +81,8 @@ def dataset_source_input(wildcards):
 
 def normalization_spec(dataset):
     """Only the keys that change the normalized rows (n_samples does not)."""
-    keys = ("source", "split", "subset", "fields", "on_bad_rows", "limit", "builtin")
+    keys = ("source", "split", "subset", "fields", "on_bad_rows", "float_answers", "limit",
+            "builtin")
     return {k: config["datasets"][dataset][k] for k in keys}
 
 

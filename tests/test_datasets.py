@@ -148,3 +148,106 @@ def test_builtin_arith_is_seeded_and_correct():
                                   max_value=99, word_fraction=0.0))
     assert all(r["problem"].count(" + ") + r["problem"].count(" - ") + r["problem"].count(" * ")
                == 3 for r in hard)
+
+
+def test_whole_number_floats_need_the_option_that_the_error_names(tmp_path):
+    """A public AMC 2023 file stores answers as floats (27.0): refused by default with
+    a message naming float_answers, read as integers with float_answers: whole; a float
+    that is not whole (0.5) stays refused, since its written form is lost."""
+    path = tmp_path / "amc.jsonl"
+    path.write_text("".join(json.dumps({"problem": f"p{i}", "answer": a}) + "\n"
+                            for i, a in enumerate([27.0, 3, "4.0", 1e20])))
+    with pytest.raises(DataError) as err:
+        load_dataset_rows("amc", spec(f"file:{path}"))
+    assert str(err.value).startswith(
+        f"{path}, row 1, field 'answer': answer is not a string (float 27.0); set "
+        "float_answers: whole to read whole-number floats as integers (27.0 -> '27')")
+    rows, _ = load_dataset_rows("amc", spec(f"file:{path}", float_answers="whole"))
+    assert [r["answer"] for r in rows] == ["27", "3", "4.0", "100000000000000000000"]
+
+    path.write_text(json.dumps({"problem": "p", "answer": 0.5}) + "\n")
+    with pytest.raises(DataError, match=r"row 1, field 'answer': answer is not a string "
+                                        r"\(float 0.5\): store answers that are not whole "
+                                        r"numbers as text"):
+        load_dataset_rows("amc", spec(f"file:{path}", float_answers="whole"))
+
+
+def test_jsonl_csv_and_parquet_follow_the_same_rules(tmp_path):
+    """Text is kept as written ("027", "0.5"), integers convert exactly, floats need
+    float_answers: whole, in every format."""
+    text = [{"problem": "p1", "answer": "027"}, {"problem": "p2", "answer": "0.5"}]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in text))
+    (tmp_path / "t.csv").write_text("problem,answer\np1,027\np2,0.5\n")
+    pq.write_table(pa.Table.from_pylist(text), tmp_path / "t.parquet")
+    for suffix in ("jsonl", "csv", "parquet"):
+        rows, _ = load_dataset_rows("t", spec(f"file:{tmp_path}/t.{suffix}"))
+        assert [r["answer"] for r in rows] == ["027", "0.5"], suffix
+
+    nums = [{"problem": "p1", "answer": 27}, {"problem": "p2", "answer": 27.0}]
+    (tmp_path / "n.jsonl").write_text("".join(json.dumps(r) + "\n" for r in nums))
+    pq.write_table(pa.table({"problem": ["p1", "p2"], "answer": pa.array([27.0, 5.0])}),
+                   tmp_path / "f.parquet")
+    pq.write_table(pa.table({"problem": ["p1", "p2"], "answer": pa.array([27, 5])}),
+                   tmp_path / "i.parquet")
+    for name, row in [("n.jsonl", 2), ("f.parquet", 1)]:
+        with pytest.raises(DataError, match=rf"row {row}, field 'answer': answer is not a "
+                                            r"string \(float 27.0\); set float_answers: whole"):
+            load_dataset_rows("n", spec(f"file:{tmp_path}/{name}"))
+    assert [r["answer"] for r in load_dataset_rows(
+        "n", spec(f"file:{tmp_path}/n.jsonl", float_answers="whole"))[0]] == ["27", "27"]
+    assert [r["answer"] for r in load_dataset_rows(
+        "n", spec(f"file:{tmp_path}/f.parquet", float_answers="whole"))[0]] == ["27", "5"]
+    assert [r["answer"] for r in load_dataset_rows(
+        "n", spec(f"file:{tmp_path}/i.parquet"))[0]] == ["27", "5"]
+
+
+def test_a_5000_digit_integer_answer_is_kept_exactly(tmp_path):
+    """Integers convert exactly, whatever their length (Python's int() stops at 4300
+    digits; the digits are kept as written instead)."""
+    digits = "9" * 4999 + "7"
+    path = tmp_path / "big.jsonl"
+    path.write_text(f'{{"problem": "p", "answer": {digits}}}\n'
+                    f'{{"problem": "q", "answer": -{digits}}}\n')
+    rows, _ = load_dataset_rows("big", spec(f"file:{path}"))
+    assert [r["answer"] for r in rows] == [digits, "-" + digits]
+    (tmp_path / "big.json").write_text(f'[{{"problem": "p", "answer": {digits}}}]')
+    rows, _ = load_dataset_rows("big", spec(f"file:{tmp_path}/big.json"))
+    assert rows[0]["answer"] == digits
+    path.write_text(f'{{"problem": {digits}, "answer": "1"}}\n')
+    with pytest.raises(DataError, match=r"row 1, field 'problem': problem is not a string "
+                                        r"\(an integer of 5000 digits\)"):
+        load_dataset_rows("big", spec(f"file:{path}"))
+
+
+def test_a_byte_order_mark_is_skipped_in_csv_and_jsonl(tmp_path):
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "b.csv").write_bytes(bom + b"id,problem,answer\nx1,What is 1+1?,2\n")
+    (tmp_path / "b.jsonl").write_bytes(
+        bom + b'{"id": "x1", "problem": "What is 1+1?", "answer": "2"}\n')
+    (tmp_path / "b.json").write_bytes(
+        bom + b'[{"id": "x1", "problem": "What is 1+1?", "answer": "2"}]')
+    for suffix in ("csv", "jsonl", "json"):
+        rows, _ = load_dataset_rows("b", spec(f"file:{tmp_path}/b.{suffix}",
+                                              fields={"id": "id"}))
+        assert rows[0]["id"] == "x1" and rows[0]["answer"] == "2", suffix
+
+
+def test_a_byte_that_is_not_utf8_names_its_row_and_field(tmp_path):
+    """Latin-1 'é' (0xe9) deep in a file: the error names the row and the field, not a
+    position inside an 8 KB read buffer."""
+    good = [{"problem": f"What is {i}+{i}?" + " pad" * 40, "answer": str(2 * i)}
+            for i in range(300)]
+    lines = [json.dumps(r).encode() + b"\n" for r in good]
+    lines[250] = b'{"problem": "caf\xe9 problem", "answer": "1"}\n'
+    (tmp_path / "l.jsonl").write_bytes(b"".join(lines))
+    with pytest.raises(DataError, match=r"l.jsonl, row 251, field 'problem': not UTF-8 text: "
+                                        r"byte 0xe9"):
+        load_dataset_rows("l", spec(f"file:{tmp_path}/l.jsonl"))
+
+    rows = b"".join(f"What is {i}+{i}?,{2 * i}\n".encode() for i in range(300))
+    csv = (b'problem,answer\n' + rows + b'"two\nlines",1\n' + b"sixty,6\xe9\n")
+    (tmp_path / "l.csv").write_bytes(csv)
+    # header row 1, 300 rows, one record spanning two lines (row 302), then row 303
+    with pytest.raises(DataError, match=r"l.csv, row 303, field 'answer': not UTF-8 text: "
+                                        r"byte 0xe9"):
+        load_dataset_rows("l", spec(f"file:{tmp_path}/l.csv"))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
+import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,21 @@ class DataError(ValueError):
         if field is not None:
             where += f", field '{field}'"
         super().__init__(f"{where}: {message}")
+
+
+# Called before every atomic publish; each raises to refuse it (`confagg.smk` adds one:
+# the job's Snakemake is gone, so a newer run may own the output).
+_publish_checks: list[Callable[[], None]] = []
+
+
+def add_publish_check(check: Callable[[], None]) -> None:
+    _publish_checks.append(check)
+
+
+def _publish(tmp: str, path: Path) -> None:
+    for check in _publish_checks:
+        check()
+    os.replace(tmp, path)
 
 
 def _apply_umask(path: str) -> None:
@@ -47,7 +64,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         _apply_umask(tmp)
-        os.replace(tmp, p)
+        _publish(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -60,14 +77,72 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
     return len(lines)
 
 
+class LongInt(str):
+    """A JSON integer literal too long for int() (Python's digit limit), kept as its digits."""
+
+
+def _parse_int(digits: str) -> int | LongInt:
+    limit = getattr(sys, "get_int_max_str_digits", lambda: 0)()
+    if limit and len(digits.lstrip("-")) > limit:
+        return LongInt(digits)
+    return int(digits)
+
+
+def json_loads(text: str) -> Any:
+    """json.loads, but an integer of any length parses (long ones as LongInt)."""
+    return json.loads(text, parse_int=_parse_int)
+
+
+def undecodable_field(obj: Any) -> str | None:
+    """The first top-level key whose key or value holds a byte that was not UTF-8
+    (decoded with surrogateescape), or None."""
+    def bad(v: Any) -> bool:
+        if isinstance(v, str):
+            return any("\udc80" <= ch <= "\udcff" for ch in v)
+        if isinstance(v, dict):
+            return any(bad(k) or bad(x) for k, x in v.items())
+        if isinstance(v, list):
+            return any(bad(x) for x in v)
+        return False
+
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if bad(key) or bad(value):
+                return str(key).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return None
+
+
+def not_utf8(path, raw: bytes, exc: UnicodeDecodeError, *, row: int | None,
+             field: str | None = None) -> DataError:
+    """The DataError for a line or record that is not UTF-8: the row, the field when
+    known, the byte and its column."""
+    return DataError(path, f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at byte "
+                     f"{exc.start + 1} of the row (save the file as UTF-8)",
+                     row=row, field=field)
+
+
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line_number, object) for each non-blank line; a bad line raises DataError."""
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    """Yield (line_number, object) for each non-blank line; a bad line raises DataError.
+
+    A UTF-8 byte-order mark is skipped; a byte that is not UTF-8 is an error naming its
+    row (and field). Integers of any length parse (long ones as LongInt).
+    """
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                try:
+                    field = undecodable_field(json_loads(raw.decode("utf-8", "surrogateescape")))
+                except ValueError:
+                    field = None
+                raise not_utf8(path, raw, exc, row=lineno, field=field) from None
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json_loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(path, f"invalid JSON ({exc.msg})", row=lineno) from None
             if not isinstance(obj, dict):
@@ -90,7 +165,7 @@ def write_parquet(path: str | os.PathLike, table) -> None:
     try:
         pq.write_table(table, tmp, compression="zstd")
         _apply_umask(tmp)
-        os.replace(tmp, p)
+        _publish(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
