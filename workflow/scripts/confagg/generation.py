@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from .confidence import STAT_NAMES, token_confidence, token_confidence_flat, trace_stats
-from .io import DataError, read_jsonl, read_parquet, write_parquet
+from .io import DataError, conform, read_jsonl, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ def merge_shards(shard_paths: list[str], dataset_path: str, n: int, out_path: st
             if pid in owner:
                 raise DataError(path, f"problem '{pid}' is also in shard {owner[pid]}")
             owner[pid] = path
-        tables.append(t.select(SAMPLE_SCHEMA.names).cast(SAMPLE_SCHEMA))
+        tables.append(conform(path, t, SAMPLE_SCHEMA, required=("problem_id", "sample_idx")))
     table = pa.concat_tables(tables)
     pids = table.column("problem_id").to_numpy(zero_copy_only=False)
     idx = table.column("sample_idx").to_numpy()

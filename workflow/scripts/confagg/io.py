@@ -191,3 +191,33 @@ def read_parquet(path: str | os.PathLike, columns: list[str] | None = None):
         return pq.read_table(path, columns=columns)
     except (OSError, pa.ArrowInvalid) as exc:
         raise DataError(path, f"not a readable Parquet file ({exc})") from None
+
+
+def conform(path: str | os.PathLike, table, schema, *, required: tuple[str, ...] = ()):
+    """`table` cast to `schema` (its columns, in its order). A null in a `required`
+    field, or a value that does not convert exactly (a float 1.5 for an integer), raises
+    DataError naming the file, the row (1-based) and the field, not a bare pyarrow error."""
+    import pyarrow as pa
+
+    for field in schema:
+        if field.name not in table.schema.names:
+            raise DataError(path, f"missing column '{field.name}'; has {table.schema.names}",
+                            field=field.name)
+        col = table.column(field.name)
+        if field.name in required and col.null_count:
+            row = col.is_null().to_pylist().index(True) + 1
+            raise DataError(path, f"{field.name} is null", row=row, field=field.name)
+        if col.type.equals(field.type):
+            continue
+        try:
+            col.cast(field.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+            for row, value in enumerate(col.to_pylist(), start=1):
+                try:
+                    pa.array([value], type=col.type).cast(field.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                    raise DataError(path, f"{col.type} value {value!r} does not convert to "
+                                    f"{field.type}", row=row, field=field.name) from None
+            raise DataError(path, f"column of {col.type} does not convert to {field.type} "
+                            f"({exc})", field=field.name) from None
+    return table.select(schema.names).cast(schema)
