@@ -220,7 +220,9 @@ def test_train_openrlhf_allocation_on_slurm(slurm_run, tmp_path):
     it imports CUDA-only vllm/deepspeed/flash_attn), so the job is expected to fail
     inside its allocation; the test checks the allocation and the reason."""
     layer = tmp_path / "openrlhf.yaml"
-    layer.write_text(yaml.safe_dump({"training": {"trainer": "openrlhf", "run": "slurm-openrlhf"}}))
+    # `python`: the job's own environment, which has no OpenRLHF (the reason checked below).
+    layer.write_text(yaml.safe_dump({"training": {"trainer": "openrlhf", "run": "slurm-openrlhf",
+                                                  "openrlhf": {"python": "python"}}}))
 
     proc = slurm_run.run("results/train/slurm-openrlhf/model", configfiles=[*BASE_CONFIGS, layer],
                          check=False, timeout=600)

@@ -1,5 +1,6 @@
-"""GRPO with TRL on the CPU, for real: weights change, rewards are logged, a rerun
-resumes from the last checkpoint, and vLLM loads the result."""
+"""GRPO with TRL on the CPU, for real: weights change, rewards are logged step by step
+(train_log.jsonl and TensorBoard), a rerun resumes from the last checkpoint, and vLLM
+loads the result."""
 
 from __future__ import annotations
 
@@ -14,13 +15,34 @@ from confagg.io import DataError, write_jsonl
 from confagg.train_trl import load_prompts, train
 from conftest import REPO, VLLM_LOCK, _FileLock
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from transformers import TrainerCallback
 
 
 def trl_config(**trl):
     cfg = load_config(REPO / "config.yaml", REPO / "profiles/local/embedded.yaml")["training"]
     cfg.update(group_size=4, max_new_tokens=8, learning_rate=1e-5, seed=0)
     cfg["trl"].update(per_device_batch_size=8, save_steps=1, use_cpu=True, **trl)
+    cfg["reward"]["require_boxed"] = False  # the prompts below ask for a bare number
     return cfg
+
+
+class LinesAtEachLog(TrainerCallback):
+    """Counts train_log.jsonl's lines whenever the trainer logs a step (it runs after the
+    step logger): the file must grow while training runs, not only at the end."""
+
+    def __init__(self, path):
+        self.path, self.counts = path, []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "reward" in logs:
+            self.counts.append(len(self.path.read_text().splitlines()))
+
+
+def tensorboard_rewards(logdir):
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    return [e.step for e in acc.Scalars("train/reward")]
 
 
 def test_trl_updates_weights_logs_rewards_and_resumes(tmp_path, bundled_model):
@@ -31,8 +53,12 @@ def test_trl_updates_weights_logs_rewards_and_resumes(tmp_path, bundled_model):
     kw = dict(model_path=str(bundled_model), train_path=str(tmp_path / "train.jsonl"),
               output_dir=str(tmp_path / "model"), ckpt_dir=str(tmp_path / "ckpt"),
               log_path=str(tmp_path / "log.jsonl"), use_cpu=True)
-    first = train(trl_config(max_steps=3), **kw)
+    seen = LinesAtEachLog(tmp_path / "log.jsonl")
+    first = train(trl_config(max_steps=3), **kw, callbacks=[seen],
+                  tensorboard_dir=str(tmp_path / "tb"))
     assert first["steps"] == 3 and first["resumed_from"] is None
+    assert seen.counts == [1, 2, 3]
+    assert tensorboard_rewards(tmp_path / "tb") == [1, 2, 3]
     history = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [1, 2, 3]
     assert all(0.0 <= h["reward"] <= 1.0 for h in history)
@@ -43,8 +69,10 @@ def test_trl_updates_weights_logs_rewards_and_resumes(tmp_path, bundled_model):
     assert changed, "no weight changed"
     assert (tmp_path / "model" / "tokenizer.json").exists()
 
-    again = train(trl_config(max_steps=4), **kw)
+    seen = LinesAtEachLog(tmp_path / "log.jsonl")
+    again = train(trl_config(max_steps=4), **kw, callbacks=[seen])
     assert again["resumed_from"].endswith("checkpoint-3")
+    assert seen.counts == [4]  # the restored three lines, then step 4
     assert again["steps"] == 4
     history = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert history[-1]["step"] == 4

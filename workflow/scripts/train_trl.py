@@ -14,7 +14,8 @@ def main(smk):
 
     summary = train(cfg, model_path=smk.params.model_path, train_path=smk.input.train,
                     output_dir=smk.output.model, ckpt_dir=smk.params.ckpt_dir,
-                    log_path=smk.output.history, use_cpu=use_cpu)
+                    log_path=smk.output.history, use_cpu=use_cpu,
+                    tensorboard_dir=smk.params.tensorboard)
     log.info("trained: %s", json.dumps(summary))
 
 

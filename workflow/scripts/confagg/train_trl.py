@@ -2,7 +2,8 @@
 as the OpenRLHF path. Checkpoints go to a progress folder outside the rule's output,
 so a killed run resumes from its last checkpoint (checkpoints made with other settings
 or data are discarded first); the final model and tokenizer are saved with
-save_pretrained."""
+save_pretrained. Each logged step is appended to train_log.jsonl as it happens and to
+TensorBoard (`report_to` tensorboard)."""
 
 from __future__ import annotations
 
@@ -79,12 +80,39 @@ def keep_matching_checkpoints(ckpt_dir: str | Path, fingerprint: str) -> None:
     atomic_write_text(meta, json.dumps({"fingerprint": fingerprint}) + "\n")
 
 
+def step_logger(log_path: str | Path):
+    """A TrainerCallback that keeps `log_path` equal to the trainer's reward logs, one
+    JSON line per step, written as each step is logged (a resumed run first rewrites the
+    lines its checkpoint restored)."""
+    from transformers import TrainerCallback
+
+    path = Path(log_path)
+
+    class StepLog(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                atomic_write_text(path, "".join(json.dumps(h) + "\n"
+                                                for h in state.log_history if "reward" in h))
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs and "reward" in logs:
+                with path.open("a", encoding="utf-8") as fh:
+                    fh.write(json.dumps({**logs, "step": state.global_step}) + "\n")
+
+    return StepLog()
+
+
 def train(cfg: dict[str, Any], *, model_path: str, train_path: str,
-          output_dir: str, ckpt_dir: str, log_path: str, use_cpu: bool) -> dict[str, Any]:
-    """Run GRPOTrainer for `trl.max_steps` steps; returns a summary of what it logged."""
+          output_dir: str, ckpt_dir: str, log_path: str, use_cpu: bool,
+          tensorboard_dir: str | None = None, callbacks: list | None = None) -> dict[str, Any]:
+    """Run GRPOTrainer for `trl.max_steps` steps; returns a summary of what it logged.
+    TensorBoard events go to `tensorboard_dir` (default: under `ckpt_dir`); `callbacks`
+    run after the step logger."""
     import torch
     from datasets import Dataset
+    from torch.utils.tensorboard import SummaryWriter
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.integrations import TensorBoardCallback
     from trl import GRPOConfig, GRPOTrainer
 
     from .reward import configure, trl_reward
@@ -115,12 +143,18 @@ def train(cfg: dict[str, Any], *, model_path: str, train_path: str,
         seed=cfg["seed"],
         use_cpu=use_cpu,
         bf16=not use_cpu,
-        report_to=[],
+        report_to=["tensorboard"],
         save_only_model=False,
         disable_tqdm=False,
     )
     trainer = GRPOTrainer(model=model, reward_funcs=trl_reward, args=args,
-                          train_dataset=train_ds, processing_class=tokenizer)
+                          train_dataset=train_ds, processing_class=tokenizer,
+                          callbacks=[step_logger(log_path), *(callbacks or [])])
+    # report_to's callback writes under output_dir/runs; point it at the run's folder.
+    tb_dir = Path(tensorboard_dir) if tensorboard_dir else Path(ckpt_dir) / "tensorboard"
+    tb_dir.mkdir(parents=True, exist_ok=True)
+    trainer.pop_callback(TensorBoardCallback)
+    trainer.add_callback(TensorBoardCallback(SummaryWriter(log_dir=str(tb_dir))))
     resume = last_checkpoint(ckpt_dir)
     if resume:
         log.info("resuming from %s", resume)
