@@ -17,6 +17,7 @@ rule generate:
         vllm=config["vllm"],
         conf_window=config["generation"]["confidence_window"],
         batch_problems=config["generation"]["batch_problems"],
+        online=config["generation"]["online"],
         progress_dir="results/.progress/generate/{model}/{dataset}/shard{shard}",
     resources:
         gpu=1,

@@ -14,7 +14,7 @@ def main(smk):
         dataset_path=smk.input.dataset, out_path=smk.output[0], progress_dir=p.progress_dir,
         shard=int(smk.wildcards.shard), n_shards=p.n_shards, n=p.n, model_path=p.model_path,
         model_spec=dict(p.model_spec), vllm_cfg=dict(p.vllm), sampling=dict(p.sampling),
-        conf_window=p.conf_window, batch_problems=p.batch_problems)
+        conf_window=p.conf_window, batch_problems=p.batch_problems, online=dict(p.online))
     log.info("wrote %d samples to %s", rows, smk.output[0])
 
 

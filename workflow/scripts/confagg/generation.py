@@ -59,10 +59,11 @@ def check_model_path(model_path: str) -> None:
         raise FileNotFoundError(f"{model_path}: model folder not found (no config.json)")
 
 
-def make_engine(model_path: str, vllm_cfg: dict, seed: int):
+def make_engine(model_path: str, vllm_cfg: dict, seed: int, online: bool = False):
     """One vLLM engine. On a CPU, `kv_cache_gib` sizes the KV cache explicitly
     (gpu_memory_utilization there must cover the weights too); the engine is seeded
-    because per-request seeds break the CPU worker."""
+    because per-request seeds break the CPU worker. `online`: with DeepConf's
+    early-stopping logits processor (confagg.online)."""
     from vllm import LLM
 
     check_model_path(model_path)
@@ -75,6 +76,10 @@ def make_engine(model_path: str, vllm_cfg: dict, seed: int):
     )
     if vllm_cfg.get("kv_cache_gib"):
         kwargs["kv_cache_memory_bytes"] = int(vllm_cfg["kv_cache_gib"] * 2**30)
+    if online:
+        from .online import PROCESSOR_FQCN
+
+        kwargs["logits_processors"] = [PROCESSOR_FQCN]
     return LLM(**kwargs)
 
 
@@ -95,10 +100,11 @@ def chat_prompts(tokenizer, user_texts: list[str], system_prompt: str | None,
     return out
 
 
-def sampling_params(sampling: dict, n: int):
+def sampling_params(sampling: dict, n: int, extra_args: dict | None = None):
     from vllm import SamplingParams
 
     return SamplingParams(
+        extra_args=extra_args,
         n=n, temperature=sampling["temperature"], top_p=sampling["top_p"],
         top_k=sampling["top_k"], min_p=sampling["min_p"], max_tokens=sampling["max_tokens"],
         logprobs=sampling["logprobs"],
@@ -170,13 +176,86 @@ class ShardProgress:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def sample_record(row: dict, idx: int, comp, k: int, conf_window: int) -> dict:
+    conf = completion_confidence(comp, k)
+    return {"problem_id": row["id"], "sample_idx": idx, "text": comp.text,
+            "final_text": split_final(comp.text), "n_tokens": len(comp.token_ids),
+            "finish_reason": comp.finish_reason or "stop",
+            **trace_stats(conf, window=conf_window), "token_conf": conf}
+
+
+def online_batch(llm, prompts: list[str], batch: list[dict], n: int, sampling: dict,
+                 online: dict, conf_window: int) -> list[dict]:
+    """DeepConf online for a batch of problems: `warmup_traces` plain traces each set
+    the problem's threshold; the rest are sampled under it (stopped traces marked
+    `low_confidence`). With `consensus`, the rest come in rounds of `warmup_traces`
+    and a problem stops once one answer holds that share of the confidence-weighted
+    vote of its finished traces (its pool then has fewer than n samples)."""
+    from .online import LOW_CONFIDENCE, extra_args, stopped_early, threshold
+
+    k = sampling["logprobs"]
+    window = online.get("window") or conf_window
+    warm = min(online["warmup_traces"], n)
+    eos = llm.get_tokenizer().eos_token_id
+    outputs = llm.generate(prompts, sampling_params(sampling, warm), use_tqdm=False)
+    records = {row["id"]: [sample_record(row, i, comp, k, conf_window)
+                           for i, comp in enumerate(out.outputs)]
+               for row, out in zip(batch, outputs)}
+    thr = {pid: threshold([trace_stats(r["token_conf"], window)["conf_lowest_group"]
+                           for r in recs], online["percentile"])
+           for pid, recs in records.items()}
+    consensus = online.get("consensus")
+    step = warm if consensus else n - warm
+    active = [i for i in range(len(batch)) if n > warm]
+    while active:
+        params = [sampling_params(sampling, min(step, n - len(records[batch[i]["id"]])),
+                                  extra_args(thr[batch[i]["id"]], window, k, eos))
+                  for i in active]
+        outputs = llm.generate([prompts[i] for i in active], params, use_tqdm=False)
+        still = []
+        for i, out in zip(active, outputs):
+            row = batch[i]
+            recs = records[row["id"]]
+            for comp in out.outputs:
+                rec = sample_record(row, len(recs), comp, k, conf_window)
+                if stopped_early(rec["token_conf"], thr[row["id"]], window, comp.finish_reason):
+                    rec["finish_reason"] = LOW_CONFIDENCE
+                recs.append(rec)
+            if len(recs) < n and not (consensus and vote_share(recs, window) >= consensus):
+                still.append(i)
+        active = still
+    return [r for row in batch for r in records[row["id"]]]
+
+
+def vote_share(records: list[dict], window: int) -> float:
+    """The leading answer's share of the confidence-weighted vote over the traces that
+    finished with a boxed answer (answers compared as normalized strings; weights the
+    lowest group confidence, as the threshold)."""
+    from .grading import last_boxed
+    from .online import LOW_CONFIDENCE
+
+    votes: dict[str, float] = {}
+    for r in records:
+        ans = last_boxed(r["final_text"]) if r["finish_reason"] != LOW_CONFIDENCE else None
+        if ans is not None:
+            key = " ".join(ans.split())
+            weight = trace_stats(r["token_conf"], window)["conf_lowest_group"]
+            votes[key] = votes.get(key, 0.0) + max(weight, 0.0)
+    total = sum(votes.values())
+    return max(votes.values()) / total if total > 0 else 0.0
+
+
 def generate_shard(*, dataset_path: str, out_path: str, progress_dir: str, shard: int,
                    n_shards: int, n: int, model_path: str, model_spec: dict, vllm_cfg: dict,
-                   sampling: dict, conf_window: int, batch_problems: int, llm=None) -> int:
+                   sampling: dict, conf_window: int, batch_problems: int, llm=None,
+                   online: dict | None = None) -> int:
     """Generate `n` samples for every problem of one shard; returns the row count.
 
     `llm`: an engine already started (the benchmark times the shard's work apart from
-    the engine start); by default the shard starts its own, seeded for the shard."""
+    the engine start); by default the shard starts its own, seeded for the shard.
+    `online`: the `generation.online` block; when enabled, DeepConf online sampling
+    (`online_batch`) replaces plain sampling and the engine must carry its processor."""
+    online = online if online and online.get("enabled") else None
     from tqdm import tqdm
 
     rows = read_jsonl(dataset_path)
@@ -186,14 +265,15 @@ def generate_shard(*, dataset_path: str, out_path: str, progress_dir: str, shard
     progress = ShardProgress(progress_dir, {
         "model": model_path, "spec": model_spec, "vllm": vllm_cfg, "sampling": sampling,
         "n": n, "window": conf_window, "shard": shard, "n_shards": n_shards,
-        "problems": [r["id"] for r in mine]})
+        "problems": [r["id"] for r in mine], **({"online": online} if online else {})})
     done = progress.done_ids()
     todo = [r for r in mine if r["id"] not in done]
     log.info("shard %d/%d: %d problems, %d already finished, %d to generate",
              shard, n_shards, len(mine), len(mine) - len(todo), len(todo))
     if todo:
         if llm is None:
-            llm = make_engine(model_path, vllm_cfg, seed=sampling["seed"] + shard)
+            llm = make_engine(model_path, vllm_cfg, seed=sampling["seed"] + shard,
+                              online=online is not None)
         tokenizer = llm.get_tokenizer()
         template = model_spec.get("prompt_template") or "{problem}"
         params = sampling_params(sampling, n)
@@ -204,17 +284,13 @@ def generate_shard(*, dataset_path: str, out_path: str, progress_dir: str, shard
             prompts = chat_prompts(tokenizer, [template.format(problem=r["problem"]) for r in batch],
                                    model_spec.get("system_prompt"),
                                    model_spec.get("chat_template_kwargs") or {})
-            outputs = llm.generate(prompts, params, use_tqdm=False)
-            records = []
-            for row, out in zip(batch, outputs):
-                for idx, comp in enumerate(out.outputs):
-                    conf = completion_confidence(comp, k)
-                    stats = trace_stats(conf, window=conf_window)
-                    records.append({
-                        "problem_id": row["id"], "sample_idx": idx, "text": comp.text,
-                        "final_text": split_final(comp.text), "n_tokens": len(comp.token_ids),
-                        "finish_reason": comp.finish_reason or "stop", **stats,
-                        "token_conf": conf})
+            if online:
+                records = online_batch(llm, prompts, batch, n, sampling, online, conf_window)
+            else:
+                outputs = llm.generate(prompts, params, use_tqdm=False)
+                records = [sample_record(row, idx, comp, k, conf_window)
+                           for row, out in zip(batch, outputs)
+                           for idx, comp in enumerate(out.outputs)]
             progress.write(rows_table(records))
             bar.update(len(batch))
         bar.close()
