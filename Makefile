@@ -109,3 +109,17 @@ install-profiles:
 
 clean-results:
 	rm -rf results logs benchmarks
+
+# Container images (containers/, README "Containers"), with podman or docker: this
+# machine's flavour (FLAVOUR=gpu or cpu to choose), tagged confagg:$(FLAVOUR).
+.PHONY: image image-gpu-check test-image
+image:
+	containers/build.sh $(FLAVOUR)
+
+# The GPU image built up to pip's dependency resolution: needs no GPU, no CUDA download.
+image-gpu-check:
+	containers/build.sh gpu --resolve
+
+# Builds the CPU image and runs the workflow inside it; not part of `make test`.
+test-image: setup
+	CONFAGG_TEST_IMAGE=1 $(VENV)/bin/pytest -q -s tests/test_image.py

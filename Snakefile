@@ -9,6 +9,27 @@
 configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
+from snakemake.exceptions import WorkflowError
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
+# With --sdm apptainer every job runs in this image (README "Containers"); other runs
+# ignore it. CONFAGG_IMAGE: a .sif path or an apptainer URI such as docker://...
+CONTAINER_IMAGE = os.environ.get("CONFAGG_IMAGE", "containers/confagg-gpu.sif")
+if (
+    workflow.deployment_settings is not None
+    and DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method
+    and "://" not in CONTAINER_IMAGE
+    and not os.path.exists(CONTAINER_IMAGE)
+):
+    raise WorkflowError(
+        f"--sdm apptainer: image {CONTAINER_IMAGE} not found; build it (README "
+        "'Containers') or set CONFAGG_IMAGE to a .sif file or an apptainer URI"
+    )
+
+
+container: CONTAINER_IMAGE
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/generate.smk"
