@@ -52,6 +52,10 @@ class DeepConfStopProcessor(LogitsProcessor):
     below the threshold in its `extra_args[EXTRA_KEY]`; requests without it are untouched."""
 
     def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool):
+        # With speculative decoding a request owns several logits rows per step.
+        if getattr(vllm_config, "speculative_config", None) is not None:
+            raise ValueError("DeepConfStopProcessor (generation.online) does not support "
+                             "speculative decoding")
         self.tracked: dict[int, _Tracked] = {}
 
     @classmethod
