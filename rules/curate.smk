@@ -1,5 +1,30 @@
-# Stage 2, curate: per-problem statistics, the confidence scale, and the
-# aggregator's hard/easy training sets with their prompts.
+# Stage 2, curate: per-problem statistics, the confidence scale, decontamination
+# against the benchmarks, and the aggregator's hard/easy training sets with their
+# prompts.
+
+
+rule decontaminate:
+    input:
+        train="resources/datasets/{dataset}.jsonl",
+        benchmarks=[dataset_file(b) for b in BENCHMARKS],
+    output:
+        dropped="results/curate/decontamination/{dataset}.json",
+        report_md=report(
+            "results/curate/decontamination/{dataset}.md",
+            category="Curation",
+            caption="../workflow/report/decontamination.rst",
+        ),
+    params:
+        benchmarks=BENCHMARKS,
+        ngram=config["curation"]["decontamination_ngram"],
+    log:
+        "logs/curate/decontaminate/{dataset}.log",
+    benchmark:
+        "benchmarks/curate/decontaminate/{dataset}.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        "../workflow/scripts/curate_decontaminate.py"
 
 
 rule problem_stats:
@@ -41,6 +66,7 @@ rule aggregation_sets:
         samples="results/generate/{model}/{dataset}/samples.parquet",
         dataset="resources/datasets/{dataset}.jsonl",
         calibration="results/curate/{model}/{dataset}/calibration.json",
+        decontamination="results/curate/decontamination/{dataset}.json",
         tokenizer=model_input(AGGREGATOR),
     output:
         train="results/curate/{model}/{dataset}/train.jsonl",
@@ -54,6 +80,8 @@ rule aggregation_sets:
         ),
     params:
         curation=config["curation"],
+        # the report's share of traces shorter than one confidence window
+        window=config["generation"]["confidence_window"],
         tokenizer=lambda wc, input: tokenizer_dir(list(input.tokenizer)),
     log:
         "logs/curate/{model}/{dataset}/aggregation_sets.log",
@@ -65,6 +93,7 @@ rule aggregation_sets:
         "../workflow/scripts/curate_sets.py"
 
 
+TARGETS.append(f"results/curate/decontamination/{TRAIN_DATASET}.md")
 TARGETS.extend(
     f"results/curate/{SOLVER}/{TRAIN_DATASET}/{name}"
     for name in (

@@ -48,6 +48,8 @@ rule aggregate:
         evaluation={k: config["evaluation"][k] for k in AGG_KEYS},
         show_confidence=lambda wc: wc.method != "conf_agg_noconf",
         token_budget=config["curation"]["prompt_token_budget"],
+        # the scale the aggregator was trained on (percentile or raw)
+        confidence_scale=config["curation"]["confidence_scale"],
         # answers extracted as the reward does (training.reward.require_boxed)
         grading={
             **config["grading"],

@@ -10,8 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from confagg import curation
+from confagg.confidence import auroc
+from confagg.config import load_config
+from confagg.decontam import ngrams, normalize
 from confagg.io import DataError
 from confagg.prompts import ConfidenceCalibration
+from conftest import BASE_CONFIGS
 
 
 def write_samples(path, spec):
@@ -183,6 +187,76 @@ def test_rows_split_and_prompts(tmp_path):
             assert 0 <= shown <= 100
 
 
+def test_no_sets_names_the_real_cause(tmp_path):
+    k_values = [1, 2]
+    kw = dict(k_values=k_values, sets_per_problem=4, easy_ratio=0.5, seed=0, on_too_few="skip")
+    # every sample right: sets are drawn, all easy, so none is kept
+    right = write_samples(tmp_path / "right.parquet",
+                          {p: [("4", 0, True, 1.0)] * 4 for p in ("a", "b")})
+    counts = {}
+    assert curation.build_sets(curation.load_samples(right, "mean"), path=right, counts=counts,
+                               **kw) == []
+    msg = curation.no_sets_message(right, counts, k_values, 2)
+    assert msg.startswith(f"no aggregation sets from {right}: none of the ")
+    assert "is hard" in msg and "curation.easy_percent" in msg and "fewer samples" not in msg
+    # one sample per problem, k >= 2 only: too few samples is the cause
+    few = write_samples(tmp_path / "few.parquet", {p: [("4", 0, False, 1.0)] for p in "ab"})
+    counts = {}
+    assert curation.build_sets(curation.load_samples(few, "mean"), path=few, counts=counts,
+                               **{**kw, "k_values": [2, 3]}) == []
+    assert curation.no_sets_message(few, counts, [2, 3], 2) == (
+        f"no aggregation sets from {few}: every problem has fewer samples than each k in "
+        f"curation.k_values=[2, 3]")
+    assert "no problem left" in curation.no_sets_message(few, {}, [2], 0)
+
+
+def test_a_val_fraction_that_empties_training_names_the_key(tmp_path):
+    path = write_samples(tmp_path / "s.parquet", many_problems(n_problems=2))
+    samples = curation.load_samples(path, "mean")
+    sets = curation.build_sets(samples, k_values=[1], sets_per_problem=4, easy_ratio=1.0,
+                               seed=0, on_too_few="error", path=path)
+    val = curation.split_problems(list(samples), 0.9, seed=0)    # round(1.8) = both
+    with pytest.raises(DataError, match=r"s.parquet, field 'problem_id': "
+                                        r"curation.val_fraction=0.9 puts all 2 problem\(s\) "
+                                        r"with aggregation sets into validation"):
+        curation.check_split(sets, val, 0.9, path)
+    curation.check_split(sets, curation.split_problems(list(samples), 0.2, seed=0), 0.2, path)
+
+
+def test_contaminated_problems_are_left_out(tmp_path):
+    samples = curation.load_samples(write_samples(tmp_path / "s.parquet", SPEC), "mean")
+    report = tmp_path / "d.json"
+    report.write_text(json.dumps({"dropped": [{"id": "p2"}, {"id": "not-sampled"}]}))
+    assert curation.drop_contaminated(samples, str(report)) == ["p2"]
+    assert set(samples) == {"p1", "p3"}
+    report.write_text("{}")
+    with pytest.raises(DataError, match=r"d.json, field 'dropped': not a decontamination"):
+        curation.drop_contaminated(samples, str(report))
+
+
+def test_trace_report_counts_short_traces_and_ranks_each_statistic(tmp_path):
+    # conf_tail ranks the right samples first (AUROC 1), conf_mean last (0), the
+    # others are constant (0.5); two of four traces are shorter than the window of 10
+    rows = [{"problem_id": "p", "sample_idx": i, "n_tokens": n, "correct": ok,
+             "conf_mean": -float(ok) + i / 10, "conf_tail": float(ok) + i / 10,
+             "conf_bottom10": 1.0, "conf_lowest_group": 1.0}
+            for i, (n, ok) in enumerate([(4, True), (12, False), (9, True), (30, False)])]
+    rows.append({**rows[0], "problem_id": "gone", "n_tokens": 1})
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "s.parquet")
+    rep = curation.trace_report(str(tmp_path / "s.parquet"), 10, {"p"})
+    assert rep["samples"] == 4 and rep["correct"] == 2 and rep["window"] == 10
+    assert rep["shorter_than_window"] == 0.5
+    assert rep["auroc"] == {"conf_mean": 0.0, "conf_tail": 1.0, "conf_bottom10": 0.5,
+                            "conf_lowest_group": 0.5}
+    assert rep["bottom10_differs_from_mean"] == 1.0
+    md = curation.report_markdown({"sets": 0, "problems": 0, "train_rows": 0, "val_rows": 0,
+                                   "val_problems": 0, "by_k": {}, "prompt_tokens": None,
+                                   "prompt_tokens_by_k": {}, "decontaminated_problems": ["x"],
+                                   "traces": rep})
+    assert "50.0% of the traces are shorter than one window of 10 tokens" in md
+    assert "| conf_tail | 1.000 |" in md and "1 training problem(s) overlap" in md
+
+
 def test_curation_rules_on_the_real_pipeline(pipeline, bundled_model):
     base = "results/curate/smollm2-135m/arith_train"
     pipeline.run(f"{base}/train.jsonl", f"{base}/problems.parquet")
@@ -197,8 +271,17 @@ def test_curation_rules_on_the_real_pipeline(pipeline, bundled_model):
     assert rep["train_rows"] == len(train) and rep["val_rows"] == len(val)
     assert rep["prompt_tokens"]["max"] <= 512                      # the test config's budget
     for b in rep["by_k"].values():
-        # all hard sets, easy sets up to 50% of them (fewer only when fewer exist)
-        assert b["sets"] == b["hard"] + b["easy"] and b["easy"] <= round(0.5 * b["hard"])
+        # all hard sets, easy sets 50% of them (fewer only when fewer exist)
+        mix = b["before_mix"]
+        assert b["sets"] == b["hard"] + b["easy"] and b["hard"] == mix["hard"]
+        assert b["easy"] == min(round(0.5 * b["hard"]), mix["easy_available"])
+    # k=1 draws every sample (4 per problem, sets_per_problem 4): recount its sets from
+    # the samples themselves (a single sample's set is easy when it is right)
+    pool = [s for s in samples if s["problem_id"] not in rep["decontaminated_problems"]]
+    right = sum(s["correct"] for s in pool)
+    assert rep["by_k"]["1"]["before_mix"]["easy_available"] == right
+    assert rep["by_k"]["1"]["before_mix"]["hard"] == len(pool) - right
+    assert rep["by_k"]["1"]["easy"] == min(round(0.5 * (len(pool) - right)), right)
     problems = pq.read_table(pipeline.path(f"{base}/problems.parquet")).to_pylist()
     assert len(problems) == 6 and all(p["n_samples"] == 4 for p in problems)
     cal = json.loads(pipeline.path(f"{base}/calibration.json").read_text())
@@ -224,3 +307,36 @@ def test_curation_rules_on_the_real_pipeline(pipeline, bundled_model):
     for p in problems:
         mine = [s for s in samples if s["problem_id"] == p["problem_id"]]
         assert p["n_correct"] == sum(s["correct"] for s in mine)
+
+    # decontamination: the rule compared the training set with the benchmark, and no
+    # benchmark problem (or 8 of its words in a row) is in any training or validation row
+    decon = json.loads(pipeline.path(
+        "results/curate/decontamination/arith_train.json").read_text())
+    assert decon["benchmarks"] == {"arith_test": 4} and decon["train_problems"] == 6
+    assert rep["decontaminated_problems"] == sorted(d["id"] for d in decon["dropped"])
+    bench = [json.loads(x)["problem"] for x in
+             pipeline.path("resources/datasets/arith_test.jsonl").read_text().splitlines()]
+    dataset = {json.loads(x)["id"]: json.loads(x)["problem"] for x in
+               pipeline.path("resources/datasets/arith_train.jsonl").read_text().splitlines()}
+    bench_grams = {g for b in bench for g in ngrams(b, 8)}
+    for r in train + val:
+        assert not any(b in r["prompt"] for b in bench), r["problem_id"]
+        problem = dataset[r["problem_id"]]
+        assert f"Problem:\n{problem}\n" in r["prompt"]
+        assert normalize(problem) not in {normalize(b) for b in bench}
+        assert not set(ngrams(problem, 8)) & bench_grams
+    # confidence: the share of traces shorter than one window, and each statistic's AUROC
+    window = load_config(*BASE_CONFIGS)["generation"]["confidence_window"]
+    tr = rep["traces"]
+    assert tr["window"] == window and tr["samples"] == len(pool)
+    assert tr["shorter_than_window"] == pytest.approx(
+        np.mean([s["n_tokens"] < window for s in pool]))
+    assert set(tr["auroc"]) == {"conf_mean", "conf_tail", "conf_bottom10", "conf_lowest_group"}
+    n_right = sum(s["correct"] for s in pool)
+    for col, a in tr["auroc"].items():
+        if 0 < n_right < len(pool):
+            assert a == pytest.approx(auroc([s[col] for s in pool], [s["correct"] for s in pool]))
+            assert f"| {col} | {a:.3f} |" in md
+        else:
+            assert a is None
+    assert f"shorter than one window of {window} tokens" in md

@@ -9,6 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from confagg.confidence import STAT_NAMES, trace_stats
+from confagg.config import load_config
 from confagg.generation import (
     check_model_path,
     generate_shard,
@@ -17,6 +19,7 @@ from confagg.generation import (
     rows_table,
 )
 from confagg.io import DataError, write_jsonl
+from conftest import BASE_CONFIGS
 
 # Killing a generate job through Snakemake and resuming it: tests/test_kill_resume.py.
 
@@ -32,6 +35,7 @@ def train_samples(pipeline, bundled_model):
 
 def test_samples_schema_and_invariants(train_samples, pipeline):
     t = train_samples
+    window = load_config(*BASE_CONFIGS)["generation"]["confidence_window"]
     expected = {"problem_id", "sample_idx", "text", "final_text", "n_tokens", "finish_reason",
                 "answer", "correct", "grade_status", "conf_mean", "conf_tail", "conf_bottom10",
                 "conf_lowest_group", "token_conf", "cluster"}
@@ -48,13 +52,21 @@ def test_samples_schema_and_invariants(train_samples, pipeline):
         assert all(math.isfinite(x) for x in r["token_conf"])
         for k in ("conf_mean", "conf_tail", "conf_bottom10", "conf_lowest_group"):
             assert math.isfinite(r[k]) and r[k] > 0
-        assert r["conf_lowest_group"] <= r["conf_mean"] + 1e-3
+        # the statistics from the stored token confidences (float16: 3 significant digits)
+        assert trace_stats(np.array(r["token_conf"], dtype=np.float64), window) == \
+            pytest.approx({k: r[k] for k in STAT_NAMES}, rel=2e-3, abs=2e-3)
+        assert r["conf_lowest_group"] <= r["conf_bottom10"] + 1e-9
         assert r["finish_reason"] in {"stop", "length"}
         assert r["n_tokens"] <= 48 and (r["finish_reason"] == "stop" or r["n_tokens"] == 48)
         assert r["grade_status"] in {"ok", "no_answer", "timeout", "error"}
         assert (r["answer"] is None) == (r["grade_status"] == "no_answer")
         assert (r["cluster"] == -1) == (r["answer"] is None)
         assert not (r["correct"] and r["grade_status"] != "ok")
+    # the window fits the traces: most have several groups, so the four statistics differ
+    longer = [r for r in rows if r["n_tokens"] > window]
+    assert len(longer) > len(rows) / 2, [r["n_tokens"] for r in rows]
+    assert sum(r["conf_bottom10"] != r["conf_mean"] for r in rows) > len(rows) / 2
+    assert sum(r["conf_tail"] != r["conf_mean"] for r in rows) > len(rows) / 2
     # mean confidence recomputed from the stored float16 values
     r = rows[0]
     assert np.mean(np.array(r["token_conf"], dtype=np.float64)) == pytest.approx(

@@ -2,7 +2,12 @@
 
 import numpy as np
 import pytest
-from confagg.prompts import TRUNCATION_MARKER, ConfidenceCalibration, build_aggregation_prompt
+from confagg.prompts import (
+    TRUNCATION_MARKER,
+    ConfidenceCalibration,
+    build_aggregation_prompt,
+    confidence_values,
+)
 from transformers import AutoTokenizer
 
 
@@ -20,6 +25,27 @@ def test_prompt_holds_problem_candidates_confidences_and_instruction():
     assert p.index("Candidate solution 1") < p.index("Candidate solution 2")
     assert p.rstrip().endswith("End with the final answer in \\boxed{}.")
     assert "percentile" in p
+
+
+def test_the_prompt_says_which_scale_its_numbers_are_on():
+    cal = ConfidenceCalibration.fit(np.arange(1.0, 11.0), "conf_bottom10")
+    raw = np.array([9.5, 2.0, np.nan])
+    assert confidence_values(raw, cal, "percentile") == [pytest.approx(94.44, abs=0.01),
+                                                         pytest.approx(11.11, abs=0.01), None]
+    assert confidence_values(raw, cal, "raw") == [9.5, 2.0, None]
+    cands = ["\\boxed{5}", "\\boxed{6}", "\\boxed{7}"]
+    pct = build_aggregation_prompt("Q", cands, confidence_values(raw, cal, "percentile"))
+    assert "confidence: 94/100" in pct and "percentile" in pct and "raw" not in pct
+    p = build_aggregation_prompt("Q", cands, confidence_values(raw, cal, "raw"), scale="raw")
+    assert "Candidate solution 1 (confidence: 9.50):" in p
+    assert "Candidate solution 2 (confidence: 2.00):" in p
+    assert "Candidate solution 3 (confidence: not available):" in p
+    assert "/100" not in p and "percentile" not in p
+    assert "raw confidence" in p and "no fixed range" in p
+    with pytest.raises(ValueError, match="unknown confidence scale 'rank'"):
+        build_aggregation_prompt("Q", cands, [1.0, 2.0, 3.0], scale="rank")
+    with pytest.raises(ValueError, match="unknown confidence scale 'rank'"):
+        confidence_values(raw, cal, "rank")
 
 
 def test_confidence_can_be_hidden():

@@ -15,7 +15,8 @@ def main(smk):
         calibration_path=smk.input.calibration, model_path=p.model_path,
         vllm_cfg=dict(p.vllm), evaluation=dict(p.evaluation),
         show_confidence=bool(p.show_confidence), token_budget=p.token_budget,
-        grading=dict(p.grading), out_path=smk.output[0], progress_dir=p.progress_dir)
+        grading=dict(p.grading), out_path=smk.output[0], progress_dir=p.progress_dir,
+        confidence_scale=p.confidence_scale)
     log.info("wrote %d aggregations to %s", rows, smk.output[0])
 
 

@@ -3,8 +3,9 @@ writes a final answer, for m in the configured budgets.
 
 For each benchmark problem and m, S sets of m candidates are drawn from the solver's
 pool (seeded per problem and m, so every aggregator method sees the same sets), and
-each set's prompt (the shared builder, confidence on the training pool's percentile
-scale, candidates' final parts only) is answered A times by vLLM. The prompt is the
+each set's prompt (the shared builder, confidence on the scale the aggregator was
+trained on, `curation.confidence_scale`: the training pool's percentile or the raw
+statistic; candidates' final parts only) is answered A times by vLLM. The prompt is the
 one the aggregator was trained on: a single user message through the model's chat
 template, no system prompt (as TRL and OpenRLHF's `apply_chat_template` render the
 curated prompts). Finished batches of sets are saved as parts under a progress
@@ -65,11 +66,6 @@ def agg_sets(samples: dict, budgets: list[int], n_sets: int, seed: int) -> list[
     return out
 
 
-def _shown(percentiles: np.ndarray) -> list[float | None]:
-    """Confidences for the prompt; a trace without tokens has none ("not available")."""
-    return [float(x) if np.isfinite(x) else None for x in percentiles]
-
-
 def model_fingerprint(model_path: str) -> list:
     """What identifies the weights: a local folder's files (name, size, mtime), else the
     Hub id. A retrained model at the same path must not reuse old progress."""
@@ -83,12 +79,12 @@ def model_fingerprint(model_path: str) -> list:
 
 def progress_fingerprint(*, model_path: str, evaluation: dict, show_confidence: bool,
                          token_budget: int | None, calibration_path: str,
-                         sets: list[dict]) -> dict:
+                         sets: list[dict], confidence_scale: str = "percentile") -> dict:
     """Everything a saved part depends on: parts made under other settings are discarded."""
     # the batch size changes no result, so a resumed job may use another
     settings = {k: v for k, v in evaluation.items() if k != "agg_batch_sets"}
     return {"model": model_fingerprint(model_path), "eval": settings,
-            "conf": show_confidence, "token_budget": token_budget,
+            "conf": show_confidence, "scale": confidence_scale, "token_budget": token_budget,
             "calibration": Path(calibration_path).read_text(),
             "sets": [(s["problem_id"], s["budget"], s["candidate_ids"]) for s in sets]}
 
@@ -104,13 +100,13 @@ def _done_keys(progress) -> set[tuple[int, str, int]]:
 def run_aggregation(*, samples_path: str, dataset_path: str, calibration_path: str,
                     model_path: str, vllm_cfg: dict, evaluation: dict, show_confidence: bool,
                     token_budget: int | None, grading: dict, out_path: str,
-                    progress_dir: str) -> int:
+                    progress_dir: str, confidence_scale: str = "percentile") -> int:
     """Aggregate every set of every budget; writes AGG_SCHEMA rows to out_path."""
     from tqdm import tqdm
 
     from .generation import ShardProgress, chat_prompts, check_model_path, make_engine, split_final
     from .grading import Grader
-    from .prompts import ConfidenceCalibration, build_aggregation_prompt
+    from .prompts import ConfidenceCalibration, build_aggregation_prompt, confidence_values
 
     cal = ConfidenceCalibration.from_json(calibration_path)
     samples = load_samples(samples_path, metric_name(cal.metric))
@@ -125,7 +121,8 @@ def run_aggregation(*, samples_path: str, dataset_path: str, calibration_path: s
     progress = ShardProgress(progress_dir, progress_fingerprint(
         model_path=model_path, evaluation={**evaluation, "require_boxed": boxed_only},
         show_confidence=show_confidence,
-        token_budget=token_budget, calibration_path=calibration_path, sets=sets))
+        token_budget=token_budget, calibration_path=calibration_path, sets=sets,
+        confidence_scale=confidence_scale))
     done = _done_keys(progress)
     todo = [s for s in sets if (s["budget"], s["problem_id"], s["set_idx"]) not in done]
     log.info("%d sets over budgets %s; %d done before, %d to do", len(sets),
@@ -151,8 +148,9 @@ def run_aggregation(*, samples_path: str, dataset_path: str, calibration_path: s
                     g, idx = samples[s["problem_id"]], s["candidate_ids"]
                     texts.append(build_aggregation_prompt(
                         problems[s["problem_id"]]["problem"], [g["final_text"][i] for i in idx],
-                        _shown(cal(g["conf"][idx])), show_confidence=show_confidence,
-                        token_budget=token_budget, tokenizer=tokenizer))
+                        confidence_values(g["conf"][idx], cal, confidence_scale),
+                        show_confidence=show_confidence, token_budget=token_budget,
+                        tokenizer=tokenizer, scale=confidence_scale))
                 prompts = chat_prompts(tokenizer, texts, None, {})
                 for s, prompt in zip(batch, prompts):
                     n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])

@@ -4,24 +4,30 @@
 - aggregation sets: S sets of k candidates per problem and k; a set is *hard* when
   its majority answer is wrong, else *easy*; all hard sets are kept plus easy sets
   equal to p% of the hard count (per k), spread over as many problems as possible;
-- prompts through the shared builder with each candidate's confidence percentile;
-- a train/val split by problem, and a report.
+- training problems that overlap a benchmark (`decontam`) are left out first;
+- prompts through the shared builder with each candidate's confidence (percentile or
+  raw, `confidence_scale`);
+- a train/val split by problem, and a report (with how well each confidence statistic
+  predicts a correct sample, and how many traces are shorter than one window).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
 from collections import defaultdict
 from itertools import combinations
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from .confidence import auroc
 from .io import DataError, iter_jsonl, read_parquet
-from .prompts import ConfidenceCalibration, build_aggregation_prompt
+from .prompts import ConfidenceCalibration, build_aggregation_prompt, confidence_values
 from .voting import majority_vote, weighted_vote
 
 log = logging.getLogger(__name__)
@@ -171,11 +177,6 @@ def split_problems(problem_ids: list[str], val_fraction: float, seed: int) -> se
     return set(ids[:n_val])
 
 
-def _shown(values: np.ndarray) -> list[float | None]:
-    """Confidences as shown and stored: 2 decimals, None for a trace without one (NaN)."""
-    return [round(float(x), 2) if np.isfinite(x) else None for x in values]
-
-
 def make_rows(sets: list[dict], samples: dict[str, dict], problems: dict[str, dict],
               calibration: ConfidenceCalibration, *, show_confidence: bool, scale: str,
               token_budget: int | None, tokenizer, dataset_path: str = "dataset",
@@ -191,11 +192,11 @@ def make_rows(sets: list[dict], samples: dict[str, dict], problems: dict[str, di
     for s in tqdm(sets, desc="aggregation prompts", unit="set", disable=not progress):
         g, prob = samples[s["problem_id"]], problems[s["problem_id"]]
         idx = s["candidate_ids"]
-        raw = g["conf"][idx]
-        shown = _shown(calibration(raw) if scale == "percentile" else raw)
+        shown = confidence_values(g["conf"][idx], calibration, scale)
         prompt = build_aggregation_prompt(
             prob["problem"], [g["final_text"][i] for i in idx], shown,
-            show_confidence=show_confidence, token_budget=token_budget, tokenizer=tokenizer)
+            show_confidence=show_confidence, token_budget=token_budget, tokenizer=tokenizer,
+            scale=scale)
         rows.append({"prompt": prompt, "answer": str(prob["answer"]),
                      "problem_id": s["problem_id"], "k": s["k"], "difficulty": s["difficulty"],
                      "candidate_ids": [int(g["sample_idx"][i]) for i in idx],
@@ -233,7 +234,8 @@ def _length_stats(lengths: np.ndarray) -> dict[str, float] | None:
 
 
 def report(sets: list[dict], rows: list[dict], val_ids: set[str], tokenizer,
-           counts: dict | None = None) -> dict[str, Any]:
+           counts: dict | None = None, *, decontaminated: list[str] | None = None,
+           traces: dict | None = None) -> dict[str, Any]:
     by = defaultdict(lambda: {"hard": 0, "easy": 0, "any_correct": 0})
     for s in sets:
         b = by[s["k"]]
@@ -255,6 +257,8 @@ def report(sets: list[dict], rows: list[dict], val_ids: set[str], tokenizer,
         "prompt_tokens": _length_stats(lengths),
         "prompt_tokens_by_k": {str(k): _length_stats(lengths[np.array(
             [r["k"] == k for r in rows], dtype=bool)]) for k in sorted(by)},
+        "decontaminated_problems": sorted(decontaminated or []),
+        "traces": traces,
     }
 
 
@@ -278,11 +282,90 @@ def report_markdown(rep: dict[str, Any]) -> str:
         lines += ["", f"Prompt length in tokens (aggregator's tokenizer, before the chat "
                       f"template): mean {p['mean']:.0f}, median {p['p50']:.0f}, "
                       f"p95 {p['p95']:.0f}, max {p['max']}."]
+    if rep.get("decontaminated_problems") is not None:
+        gone = rep["decontaminated_problems"]
+        lines += ["", f"Decontamination: {len(gone)} training problem(s) overlap a benchmark "
+                      f"problem and were left out" + (f" ({', '.join(gone)})." if gone else ".")]
+    tr = rep.get("traces")
+    if tr and tr["samples"]:
+        lines += ["", f"Confidence over {tr['samples']} training samples ({tr['correct']} "
+                      f"correct; median {tr['tokens_median']:.0f} tokens): "
+                      f"{100 * tr['shorter_than_window']:.1f}% of the traces are shorter than "
+                      f"one window of {tr['window']} tokens (their four statistics all equal "
+                      f"the mean); conf_bottom10 differs from conf_mean on "
+                      f"{100 * tr['bottom10_differs_from_mean']:.1f}%.", "",
+                  "| statistic | AUROC for a correct sample |", "|---|---|"]
+        for c, a in tr["auroc"].items():
+            lines.append(f"| {c} | {'n/a' if a is None else f'{a:.3f}'} |")
+        lines += ["", "AUROC: the chance that a random correct sample has a higher value than "
+                      "a random wrong one (0.5 = no signal; n/a when all samples are right or "
+                      "all wrong)."]
     lines += ["", "A set is hard when its majority answer is wrong. All hard sets are kept, "
                   "plus easy sets up to the configured share of them. The oracle ceiling is the "
                   "share of sets with at least one correct candidate: the best any aggregator "
                   "that only picks among its candidates could do."]
     return "\n".join(lines) + "\n"
+
+
+def drop_contaminated(samples: dict[str, dict], decontam_path: str) -> list[str]:
+    """Remove the problems the decontamination file lists; returns their ids."""
+    try:
+        dropped = [str(d["id"]) for d in json.loads(Path(decontam_path).read_text())["dropped"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(decontam_path, f"not a decontamination report ({e})",
+                        field="dropped") from e
+    gone = [pid for pid in dropped if pid in samples]
+    for pid in gone:
+        del samples[pid]
+    return gone
+
+
+def no_sets_message(path: str, counts: dict, k_values: list[int], n_problems: int) -> str:
+    """Why build_sets gave nothing, from its per-k counts: too few samples, or no hard set
+    (easy sets are kept in proportion to the hard ones)."""
+    if not n_problems:
+        return (f"no aggregation sets from {path}: no problem left (the samples are empty, "
+                f"or decontamination dropped every problem)")
+    if all(counts[k]["drawn"] == 0 for k in k_values):
+        return (f"no aggregation sets from {path}: every problem has fewer samples than each "
+                f"k in curation.k_values={list(k_values)}")
+    drawn = sum(counts[k]["drawn"] for k in k_values)
+    return (f"no aggregation sets from {path}: none of the {drawn} sets drawn is hard (the "
+            f"majority answer is right in every one), and easy sets are kept only as "
+            f"curation.easy_percent of the hard ones: the solver is right on every problem, "
+            f"so this pool cannot train an aggregator (use harder problems or more samples)")
+
+
+def check_split(rows: list[dict], val_ids: set[str], val_fraction: float, path: str) -> None:
+    """Training must not be empty: name the key that emptied it."""
+    problems = {r["problem_id"] for r in rows}
+    if problems and problems <= val_ids:
+        raise DataError(path, f"curation.val_fraction={val_fraction} puts all {len(problems)} "
+                        f"problem(s) with aggregation sets into validation, leaving no training "
+                        f"rows: lower curation.val_fraction or curate more problems",
+                        field="problem_id")
+
+
+def trace_report(samples_path: str, window: int, problem_ids: set[str] | None = None
+                 ) -> dict[str, Any]:
+    """The traces behind the confidence: how many are shorter than one window (their
+    four statistics are all the mean) and each statistic's AUROC for a correct sample."""
+    cols = ["problem_id", "n_tokens", "correct", *METRIC_COLUMNS.values()]
+    t = read_parquet(samples_path, cols).to_pydict()
+    keep = np.array([problem_ids is None or p in problem_ids for p in t["problem_id"]],
+                    dtype=bool)
+    n_tokens = np.asarray(t["n_tokens"], dtype=np.int64)[keep]
+    correct = np.asarray(t["correct"], dtype=bool)[keep]
+    stats = {c: np.asarray(t[c], dtype=np.float64)[keep] for c in METRIC_COLUMNS.values()}
+    n = int(keep.sum())
+    differs = (np.abs(stats["conf_bottom10"] - stats["conf_mean"]) > 1e-9) if n else np.zeros(0)
+    return {
+        "samples": n, "correct": int(correct.sum()), "window": window,
+        "tokens_median": float(np.median(n_tokens)) if n else None,
+        "shorter_than_window": float((n_tokens < window).mean()) if n else None,
+        "bottom10_differs_from_mean": float(differs.mean()) if n else None,
+        "auroc": {c: auroc(v, correct) for c, v in stats.items()},
+    }
 
 
 def load_problems(dataset_path: str) -> dict[str, dict]:

@@ -3,7 +3,10 @@ confidence scale the aggregator reads.
 
 The prompt: the problem, k candidate solutions (their final part only), each
 labelled with its confidence, then the AggLM-style instruction to review, correct
-and combine them, asking for the answer in \\boxed{}. When a token budget is set
+and combine them, asking for the answer in \\boxed{}. The confidence is on one of two
+scales (`curation.confidence_scale`), and the instruction says which: `percentile`
+(0..100, the rank among the solver's training samples, shown "P/100") or `raw` (the
+DeepConf statistic itself, shown with two decimals). When a token budget is set
 and the candidates do not fit, each is shortened from the front of its reasoning
 with a visible marker, so its ending (where the answer is) survives.
 """
@@ -26,11 +29,19 @@ INSTRUCTION = (
     "and combine the correct reasoning into one complete solution of your own. The candidates "
     "may all be wrong. End with the final answer in \\boxed{{}}."
 )
-CONF_NOTE = (
-    "Each one carries the model's confidence in it, as a percentile from 0 (least "
-    "confident) to 100 (most confident) among all of the model's solutions; higher "
-    "confidence is more often right, but not always. "
-)
+CONF_NOTES = {
+    "percentile": (
+        "Each one carries the model's confidence in it, as a percentile from 0 (least "
+        "confident) to 100 (most confident) among all of the model's solutions; higher "
+        "confidence is more often right, but not always. "),
+    "raw": (
+        "Each one carries the model's raw confidence in it: the negative mean "
+        "log-probability of the model's most likely next tokens while it wrote the "
+        "solution, so a larger number means the model was more certain. It has no fixed "
+        "range: compare the candidates' numbers with each other. Higher confidence is more "
+        "often right, but not always. "),
+}
+SCALES = tuple(CONF_NOTES)
 
 
 class ConfidenceCalibration:
@@ -73,8 +84,24 @@ class ConfidenceCalibration:
         return cls(d["metric"], d["quantiles"], d["n"])
 
 
-def format_confidence(value: float | None) -> str:
-    return "not available" if value is None else f"{value:.0f}/100"
+def confidence_values(raw, calibration: ConfidenceCalibration, scale: str) -> list[float | None]:
+    """What the prompt shows for raw statistics (training and evaluation alike): the
+    percentile or the raw value, 2 decimals, None for a trace without one (NaN)."""
+    _check_scale(scale)
+    v = np.asarray(raw, dtype=np.float64)
+    shown = calibration(v) if scale == "percentile" else v
+    return [round(float(x), 2) if np.isfinite(x) else None for x in shown]
+
+
+def format_confidence(value: float | None, scale: str = "percentile") -> str:
+    if value is None:
+        return "not available"
+    return f"{value:.0f}/100" if scale == "percentile" else f"{value:.2f}"
+
+
+def _check_scale(scale: str) -> None:
+    if scale not in CONF_NOTES:
+        raise ValueError(f"unknown confidence scale {scale!r} (known: {', '.join(SCALES)})")
 
 
 def _truncate_front(text: str, max_tokens: int, tokenizer) -> str:
@@ -86,26 +113,29 @@ def _truncate_front(text: str, max_tokens: int, tokenizer) -> str:
 
 
 def _render(problem: str, candidates: Sequence[str], confidences: Sequence[float | None],
-            show_confidence: bool) -> str:
+            show_confidence: bool, scale: str) -> str:
     parts = [f"Problem:\n{problem.strip()}\n"]
     for i, cand in enumerate(candidates, start=1):
         header = f"Candidate solution {i}"
         if show_confidence:
-            header += f" (confidence: {format_confidence(confidences[i - 1])})"
+            header += f" (confidence: {format_confidence(confidences[i - 1], scale)})"
         parts.append(f"{header}:\n{cand.strip()}\n")
-    parts.append(INSTRUCTION.format(conf_note=CONF_NOTE if show_confidence else ""))
+    parts.append(INSTRUCTION.format(conf_note=CONF_NOTES[scale] if show_confidence else ""))
     return "\n".join(parts)
 
 
 def build_aggregation_prompt(problem: str, candidates: Sequence[str],
                              confidences: Sequence[float | None], *, show_confidence: bool = True,
-                             token_budget: int | None = None, tokenizer=None) -> str:
-    """The aggregator's user message for one problem and its k candidates."""
+                             token_budget: int | None = None, tokenizer=None,
+                             scale: str = "percentile") -> str:
+    """The aggregator's user message for one problem and its k candidates; `scale` says
+    what the confidences are (see `confidence_values`)."""
+    _check_scale(scale)
     if len(candidates) != len(confidences):
         raise ValueError(f"{len(candidates)} candidates but {len(confidences)} confidences")
     if not candidates:
         raise ValueError("an aggregation prompt needs at least one candidate")
-    prompt = _render(problem, candidates, confidences, show_confidence)
+    prompt = _render(problem, candidates, confidences, show_confidence, scale)
     if token_budget is None:
         return prompt
     if tokenizer is None:
@@ -116,7 +146,8 @@ def build_aggregation_prompt(problem: str, candidates: Sequence[str],
 
     if n_tokens(prompt) <= token_budget:
         return prompt
-    overhead = n_tokens(_render(problem, [""] * len(candidates), confidences, show_confidence))
+    overhead = n_tokens(_render(problem, [""] * len(candidates), confidences, show_confidence,
+                                scale))
     # Decoding a token suffix and encoding it again can shift a few tokens: keep a margin.
     room = token_budget - overhead - 8 * len(candidates)
     if room < 16 * len(candidates):
@@ -138,4 +169,4 @@ def build_aggregation_prompt(problem: str, candidates: Sequence[str],
                 caps[j] = share
             break
     shortened = [_truncate_front(c, cap, tokenizer) for c, cap in zip(candidates, caps)]
-    return _render(problem, shortened, confidences, show_confidence)
+    return _render(problem, shortened, confidences, show_confidence, scale)
