@@ -10,12 +10,13 @@ min_version("9.0")
 # also installed into .venv, but conda job environments only see this path).
 sys.path.insert(0, os.path.join(workflow.basedir, "workflow", "scripts"))
 
-from confagg.config import validate_config  # noqa: E402
+from confagg.config import check_config_files, validate_config  # noqa: E402
 from confagg.models import BUNDLED_MODELS, bundled_name  # noqa: E402
 
 
 # Fails before any job runs, with a message that names the offending key; fills
 # in the schema's defaults.
+check_config_files(workflow.configfiles)  # a key given twice: Snakemake keeps the last
 validate_config(config)
 
 SOLVER = config["solver"]

@@ -10,9 +10,10 @@ from confagg.generation import SAMPLE_SCHEMA, merge_shards
 from confagg.io import DataError, write_jsonl
 
 
-def shard(path, pids, sample_idx, idx_type=pa.int32()):
+def shard(path, pids, sample_idx, idx_type=None):
     """A shard in SAMPLE_SCHEMA but for the given problem_id values and sample_idx type."""
     n = len(pids)
+    idx_type = idx_type or pa.int32()
     cols = {f.name: pa.array([None] * n, type=f.type) for f in SAMPLE_SCHEMA}
     cols.update(problem_id=pa.array(pids, type=pa.string()),
                 sample_idx=pa.array(sample_idx, type=idx_type),

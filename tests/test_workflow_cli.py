@@ -38,6 +38,70 @@ def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, data, message)
     assert not (tmp_path / "resources").exists()
 
 
+@pytest.mark.parametrize("data, message", [
+    # JSON Schema counts 4.0 as an integer; it used to fail in merge on range(4.0)
+    ({"generation": {"n": 4.0}}, "config key 'generation.n': 4.0 is not of type 'integer'"),
+    ({"training": {"trl": {"max_steps": 2.0}}},
+     "config key 'training.trl.max_steps': 2.0 is not of type 'integer'"),
+    # single braces in \boxed{} used to fail only once the vLLM engine had started
+    ({"models": {"smollm2-135m": {"prompt_template": "{problem} Put it in \\boxed{}."}}},
+     "config key 'models.smollm2-135m.prompt_template': '{problem} Put it in \\\\boxed{}.' "
+     "is not a str.format template with {problem} only (placeholder(s) {} besides {problem}); "
+     "write literal braces doubled, e.g. \\boxed{{}}"),
+    ({"models": {"smollm2-135m": {"prompt_template": "{problem} {answer}"}}},
+     "config key 'models.smollm2-135m.prompt_template': '{problem} {answer}' is not a "
+     "str.format template with {problem} only (placeholder(s) {answer} besides {problem})"),
+    ({"models": {"smollm2-135m": {"prompt_template": "{problem} }"}}},
+     "config key 'models.smollm2-135m.prompt_template': '{problem} }' is not a str.format "
+     "template with {problem} only (Single '}' encountered in format string)"),
+    # k larger than the training pool's samples used to fail in curation
+    ({"curation": {"k_values": [1, 2, 8]}},
+     "config key 'curation.k_values': [8] exceed the 4 samples per problem of train_dataset "
+     "'arith_train' (generation.n)"),
+    ({"datasets": {"arith_train": {"n_samples": 1}}},
+     "config key 'curation.k_values': [2] exceed the 1 samples per problem of train_dataset "
+     "'arith_train' (datasets.arith_train.n_samples)"),
+    # TRL's own check (generation batch in whole groups) used to fire inside the trainer
+    ({"training": {"trl": {"per_device_batch_size": 6}}},
+     "config key 'training.trl.per_device_batch_size': 6 x gradient_accumulation_steps 1 = 6 "
+     "completions per generation batch is not a multiple of training.group_size 4"),
+    ({"benchmarks": ["arith_test", "arith_test"]},
+     "config key 'benchmarks[1]': 'arith_test' is listed twice (first at benchmarks[0])"),
+    ({"benchmarks": ["arith_test", "arith_train"]},
+     "config key 'benchmarks[1]': 'arith_train' is also the train_dataset"),
+])
+def test_cross_key_rules_are_checked_at_validation(tmp_path, data, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(*overlay(tmp_path, "bad.yaml", data))
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_cross_key_rules_accept_what_works(tmp_path):
+    """TRL's rule is on the product with gradient accumulation; a trainer that is not TRL
+    does not read trl.*; a doubled brace is a literal."""
+    cfg = load_config(*overlay(tmp_path, "ok.yaml", {
+        "training": {"trl": {"per_device_batch_size": 2, "gradient_accumulation_steps": 2}},
+        "models": {"smollm2-135m": {"prompt_template": "{problem}\nAnswer in \\boxed{{}}."}},
+        "curation": {"k_values": [1, 4]}}))
+    assert cfg["training"]["trl"]["per_device_batch_size"] == 2
+    load_config(*overlay(tmp_path, "ok2.yaml", {
+        "training": {"trainer": "openrlhf", "trl": {"per_device_batch_size": 6}}}))
+
+
+def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path):
+    """PyYAML (and so Snakemake) keeps the last of two equal keys without a word."""
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("generation:\n  n: 4\n  shards: 2\n  n: 8\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml, line 4: duplicate key 'n' \(first at "
+                                          r"line 2\)"):
+        load_config(*BASE_CONFIGS, dup)
+    proc = run_snakemake(tmp_path, "-n", configfiles=[*BASE_CONFIGS, dup], check=False,
+                         lock=False)  # a dry run starts no engine
+    assert proc.returncode != 0
+    assert f"{dup}, line 4: duplicate key 'n' (first at line 2)" in proc.stdout, \
+        proc.stdout[-2000:]
+
+
 def test_schema_defaults_fill_the_config():
     cfg = load_config(REPO / "config.yaml")
     assert cfg["generation"]["top_p"] == 0.95 and cfg["generation"]["top_k"] == 20
