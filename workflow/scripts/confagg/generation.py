@@ -27,6 +27,8 @@ from .io import DataError, conform, read_jsonl, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
 
+LOW_CONFIDENCE = "low_confidence"  # finish_reason of a trace DeepConf online stopped
+
 SAMPLE_SCHEMA = pa.schema([
     ("problem_id", pa.string()),
     ("sample_idx", pa.int32()),
@@ -191,7 +193,7 @@ def online_batch(llm, prompts: list[str], batch: list[dict], n: int, sampling: d
     `low_confidence`). With `consensus`, the rest come in rounds of `warmup_traces`
     and a problem stops once one answer holds that share of the confidence-weighted
     vote of its finished traces (its pool then has fewer than n samples)."""
-    from .online import LOW_CONFIDENCE, extra_args, stopped_early, threshold
+    from .online import extra_args, stopped_early, threshold
 
     k = sampling["logprobs"]
     window = online.get("window") or conf_window
@@ -232,7 +234,6 @@ def vote_share(records: list[dict], window: int) -> float:
     finished with a boxed answer (answers compared as normalized strings; weights the
     lowest group confidence, as the threshold)."""
     from .grading import last_boxed
-    from .online import LOW_CONFIDENCE
 
     votes: dict[str, float] = {}
     for r in records:
@@ -348,8 +349,12 @@ def grade_samples(*, merged_path: str, dataset_path: str, out_path: str, workers
     gold = {r["id"]: r["answer"] for r in read_jsonl(dataset_path)}
     pids = table.column("problem_id").to_pylist()
     texts = table.column("final_text").to_pylist()
+    # A trace stopped for low confidence (DeepConf online) was cut mid-way: whatever it
+    # wrote last is no final answer, and DeepConf leaves it out of every vote.
+    stopped = [f == LOW_CONFIDENCE for f in table.column("finish_reason").to_pylist()]
     with Grader(workers=workers, timeout_s=timeout_s) as grader:
         answers = grader.extract(texts, progress="extract answers")
+        answers = [None if cut else a for a, cut in zip(answers, stopped)]
         grades = grader.grade([(gold[p], a) for p, a in zip(pids, answers)],
                               progress="grade answers")
         clusters = np.full(len(pids), -1, dtype=np.int32)

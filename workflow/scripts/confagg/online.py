@@ -26,9 +26,10 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDi
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
 
+from .generation import LOW_CONFIDENCE  # noqa: F401 (the mark, importable from here too)
+
 PROCESSOR_FQCN = "confagg.online:DeepConfStopProcessor"
 EXTRA_KEY = "confagg_deepconf"  # SamplingParams.extra_args key: {threshold, window, k, eos}
-LOW_CONFIDENCE = "low_confidence"
 _FLOOR = -1e4  # as confidence.py: an impossible token's -inf log-prob is floored
 # The processor sums float32 log-probs, the check afterwards float64 of the returned
 # ones: a window within this of the threshold at a trace's end counts as stopped.
