@@ -26,6 +26,11 @@ Stages and figures (the table in README.md's "Performance" section explains them
   -> ``conf_bytes_per_token`` (the token_conf column's bytes on disk per token).
 - evaluation: Stage 4's model-free estimators on a 30-problem x 128-sample pool at
   every budget -> ``eval_seconds``.
+- online: DeepConf online (``generation.online``, consensus 0.95 unless set) against
+  offline sampling of the same built-in problems, same n, same engine reseeded alike ->
+  ``online_token_ratio`` (tokens online / offline) and ``online_accuracy_delta`` (the
+  online vote over the traces not stopped early minus the offline weighted vote over
+  all n; both weighted by ``curation.confidence_metric``, graded by math-verify).
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ TARGETS = {
     "grading_agreement": ("==", 1.0),
     "conf_bytes_per_token": ("<=", 2.2),
     "eval_seconds": None,
+    "online_token_ratio": None,
+    "online_accuracy_delta": None,
     "peak_rss_mb": None,
 }
 
@@ -73,6 +80,7 @@ SIZES = {
         "grade_problems": 500, "grade_samples": 64, "grade_samples_small": 16,
         "eval_problems": 30, "eval_samples": 128, "eval_n_draws": None, "eval_bootstrap": None,
         "storage_synthetic_samples": 0,
+        "online_problems": 16, "online_n": 16, "online_max_tokens": 192,
     },
     "quick": {
         "runs": 1,
@@ -81,6 +89,7 @@ SIZES = {
         "grade_problems": 40, "grade_samples": 8, "grade_samples_small": 0,
         "eval_problems": 10, "eval_samples": 16, "eval_n_draws": 50, "eval_bootstrap": 100,
         "storage_synthetic_samples": 64,
+        "online_problems": 0, "online_n": 0, "online_max_tokens": 0,
     },
 }
 
@@ -654,6 +663,92 @@ def stage_eval(sz: dict, cfg: dict) -> dict:
             "raw": {"seconds": times}}
 
 
+# ============================================================================ online
+
+def _graded_votes(shard: Path, dataset: Path, workdir: Path, metric: str) -> dict:
+    """Grade a shard, then each problem's confidence-weighted vote over its traces that
+    were not stopped early (DeepConf's online vote) -> {problem: correct}."""
+    from .generation import grade_samples
+    from .io import read_parquet
+    from .online import LOW_CONFIDENCE
+    from .voting import weighted_vote
+
+    graded = workdir / f"{shard.stem}-graded.parquet"
+    grade_samples(merged_path=str(shard), dataset_path=str(dataset), out_path=str(graded),
+                  workers=2, timeout_s=5.0)
+    t = read_parquet(graded).to_pydict()
+    by: dict[str, list[int]] = {}
+    for i, pid in enumerate(t["problem_id"]):
+        if t["finish_reason"][i] != LOW_CONFIDENCE:
+            by.setdefault(pid, []).append(i)
+    out = {}
+    for pid in set(t["problem_id"]):
+        idx = by.get(pid, [])
+        win = weighted_vote([t["cluster"][i] for i in idx], [t[metric][i] for i in idx])
+        out[pid] = win >= 0 and any(t["correct"][i] for i in idx if t["cluster"][i] == win)
+    return out
+
+
+def stage_online(sz: dict, cfg: dict, workdir: Path, model_path: str) -> dict:
+    """DeepConf online (generation.online, with consensus) against offline sampling of
+    the same problems on the same engine, reseeded alike: tokens and vote accuracy."""
+    from .datasets import load_dataset_rows
+    from .generation import generate_shard, make_engine
+    from .io import read_parquet, write_jsonl
+
+    spec = cfg["models"][cfg["solver"]]
+    gen = cfg["generation"]
+    sampling = {key: gen[key] for key in
+                ("temperature", "top_p", "top_k", "min_p", "max_tokens", "logprobs", "seed")}
+    sampling["max_tokens"] = sz["online_max_tokens"]
+    name = cfg["benchmarks"][0]
+    rows, _ = load_dataset_rows(name, cfg["datasets"][name], base_dir=REPO)
+    rows = rows[:sz["online_problems"]]
+    dataset = workdir / "online-dataset.jsonl"
+    write_jsonl(dataset, rows)
+    n = sz["online_n"]
+    online = {**gen["online"], "enabled": True, "consensus": gen["online"]["consensus"] or 0.95}
+    metric = "conf_" + cfg["curation"]["confidence_metric"]
+    runs: dict[str, dict] = {}
+    with _Lock():
+        llm = make_engine(model_path, dict(cfg["vllm"]), seed=sampling["seed"], online=True)
+        for mode in ("offline", "online"):
+            llm.collective_rpc(_reseed_worker, args=(sampling["seed"],))
+            out = workdir / f"online-{mode}.parquet"
+            t = time.perf_counter()
+            generate_shard(dataset_path=str(dataset), out_path=str(out),
+                           progress_dir=str(workdir / f".progress-online-{mode}"), shard=0,
+                           n_shards=1, n=n, model_path=model_path, model_spec=dict(spec),
+                           vllm_cfg=dict(cfg["vllm"]), sampling=sampling,
+                           conf_window=gen["confidence_window"],
+                           batch_problems=max(1, len(rows)), llm=llm,
+                           online=online if mode == "online" else None)
+            seconds = time.perf_counter() - t
+            tab = read_parquet(out, ["n_tokens", "finish_reason"]).to_pydict()
+            runs[mode] = {"seconds": seconds, "tokens": int(sum(tab["n_tokens"])),
+                          "samples": len(tab["n_tokens"]),
+                          "stopped": sum(f == "low_confidence" for f in tab["finish_reason"]),
+                          "out": out}
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception:  # noqa: BLE001 (best effort: the process exits next anyway)
+            pass
+    acc = {mode: _graded_votes(r.pop("out"), dataset, workdir, metric) for mode, r in runs.items()}
+    mean = {mode: sum(a.values()) / len(a) for mode, a in acc.items()}
+    return {
+        "figures": {"online_token_ratio": runs["online"]["tokens"] / runs["offline"]["tokens"],
+                    "online_accuracy_delta": mean["online"] - mean["offline"]},
+        "extra": {"online_problems": len(rows), "online_n": n,
+                  "online_max_tokens": sampling["max_tokens"], "online_settings": online,
+                  "online_vote_weight": metric,
+                  "online_accuracy": mean["online"], "offline_weighted_accuracy": mean["offline"],
+                  "online_samples": runs["online"]["samples"],
+                  "online_stopped_traces": runs["online"]["stopped"],
+                  "online_time_ratio": runs["online"]["seconds"] / runs["offline"]["seconds"]},
+        "raw": {"runs": runs},
+    }
+
+
 # ============================================================================ orchestration
 
 def _stage_child(stage: str, args_path: str, result_path: str) -> None:
@@ -672,6 +767,8 @@ def _stage_child(stage: str, args_path: str, result_path: str) -> None:
         res = stage_storage(sz, cfg, workdir, gen)
     elif stage == "evaluation":
         res = stage_eval(sz, cfg)
+    elif stage == "online":
+        res = stage_online(sz, cfg, workdir, a["model"])
     else:
         raise ValueError(f"unknown stage {stage}")
     res["children_max_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -766,6 +863,12 @@ def render_table(report: dict) -> str:
         lines.append(f"generation tokens/s: logprobs=20 {t['bare_logprobs20']:.1f}, without "
                      f"{t['bare_no_logprobs']:.1f} (cost {100 * ex['gen_logprobs20_cost']:.1f}%)"
                      f"; project shard {t['project']:.1f}")
+    if "online_accuracy" in ex:
+        lines.append(f"online: {ex['online_problems']} problems x {ex['online_n']}, "
+                     f"{ex['online_samples']} traces sampled, {ex['online_stopped_traces']} "
+                     f"stopped early; accuracy {ex['online_accuracy']:.3f} vs offline "
+                     f"{ex['offline_weighted_accuracy']:.3f}; time ratio "
+                     f"{ex['online_time_ratio']:.2f}")
     m = report["machine"]
     lines.append(f"machine: {m['cpu_count']} CPUs ({m['cpu']}), load average "
                  f"{m['loadavg_before'][0]:.1f} before, {m['loadavg_after'][0]:.1f} after")
@@ -785,7 +888,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", nargs="*", default=[], metavar="SIZE=N",
                     help=f"override sizes, e.g. gen_problems=4 (keys: {', '.join(SIZES['full'])})")
     ap.add_argument("--skip", nargs="*", default=[],
-                    choices=["generation", "confidence", "grading", "storage", "evaluation"])
+                    choices=["generation", "confidence", "grading", "storage", "evaluation",
+                             "online"])
     ap.add_argument("--stage", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--grade-runner", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -806,8 +910,8 @@ def main(argv: list[str] | None = None) -> int:
         if key not in sizes:
             raise SystemExit(f"--set {item}: unknown size '{key}'")
         sizes[key] = int(value)
-    skip = set(args.skip) | ({"generation"} if args.quick else set())
-    if "generation" not in skip and not (Path(args.model) / "config.json").exists():
+    skip = set(args.skip) | ({"generation", "online"} if args.quick else set())
+    if not {"generation", "online"} <= skip and not (Path(args.model) / "config.json").exists():
         raise SystemExit(f"{args.model}: no prepared model; run `.venv/bin/snakemake --profile "
                          f"profiles/local resources/models/smollm2-135m` (make bench does)")
     out = Path(args.out)
@@ -820,12 +924,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="confagg-bench-") as tmp:
         workdir = Path(tmp)
         results = {}
-        for stage in ("confidence", "grading", "evaluation", "generation", "storage"):
+        for stage in ("confidence", "grading", "evaluation", "generation", "storage", "online"):
             if stage in skip:
                 skipped[stage] = "--quick: no vLLM engine" if args.quick else "--skip"
                 continue
             kw = {}
-            if stage == "generation":
+            if stage in ("generation", "online"):
                 kw["model"] = args.model
             if stage == "storage" and "generation" in results:
                 kw["gen_result"] = str(workdir / "generation.result.json")
