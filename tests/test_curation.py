@@ -340,3 +340,45 @@ def test_curation_rules_on_the_real_pipeline(pipeline, bundled_model):
         else:
             assert a is None
     assert f"shorter than one window of {window} tokens" in md
+
+
+def test_evaluation_keeps_answers_only_for_the_scale_they_were_made_with(tmp_path):
+    """The aggregate job's saved answers are keyed by the confidence scale: answers made
+    with percentiles are reused for percentiles and never for raw confidences (a raw run
+    needs the engine, here a missing model folder, instead of the saved answers)."""
+    from confagg.aggregate import AGG_SCHEMA, agg_sets, progress_fingerprint, run_aggregation
+    from confagg.generation import ShardProgress
+
+    samples_path = write_samples(tmp_path / "s.parquet", {"p1": SPEC["p1"]})
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"id": "p1", "problem": "Half?", "answer": "1/2"}\n')
+    cal = tmp_path / "cal.json"
+    ConfidenceCalibration.fit([1.0, 2.0], "conf_mean").to_json(cal)
+    ev = {"agg_budgets": [1], "agg_sets": 1, "agg_samples": 1, "agg_temperature": 1.0,
+          "agg_top_p": 1.0, "agg_top_k": -1, "agg_max_tokens": 8, "agg_batch_sets": 1,
+          "seed": 0}
+    grading = {"workers": 1, "timeout_s": 5}
+    model = str(tmp_path / "no-model")
+    sets = agg_sets(curation.load_samples(samples_path, "mean"), [1], 1, 0)
+    progress_dir = str(tmp_path / "progress")
+    kw = dict(samples_path=samples_path, dataset_path=str(data), calibration_path=str(cal),
+              model_path=model, vllm_cfg={}, evaluation=ev, show_confidence=True,
+              token_budget=None, grading=grading, progress_dir=progress_dir)
+    fp = progress_fingerprint(model_path=model, evaluation={**ev, "require_boxed": True},
+                              show_confidence=True, token_budget=None,
+                              calibration_path=str(cal), sets=sets,
+                              confidence_scale="percentile")
+    rows = [{"problem_id": s["problem_id"], "budget": 1, "set_idx": s["set_idx"],
+             "candidate_ids": s["candidate_ids"], "agg_idx": 0, "text": "\\boxed{1/2}",
+             "answer": "1/2", "correct": True, "grade_status": "ok", "finish_reason": "stop",
+             "agg_tokens": 5, "solver_tokens": 5} for s in sets]
+
+    def saved():
+        ShardProgress(progress_dir, fp).write(pa.Table.from_pylist(rows, schema=AGG_SCHEMA))
+
+    saved()
+    assert run_aggregation(out_path=str(tmp_path / "pct.parquet"), confidence_scale="percentile",
+                           **kw) == len(rows)
+    saved()
+    with pytest.raises(FileNotFoundError, match="no-model: model folder not found"):
+        run_aggregation(out_path=str(tmp_path / "raw.parquet"), confidence_scale="raw", **kw)
