@@ -12,6 +12,10 @@ sys.path.insert(0, os.path.join(workflow.basedir, "workflow", "scripts"))
 
 from confagg.config import check_config_files, validate_config  # noqa: E402
 from confagg.models import BUNDLED_MODELS, bundled_name  # noqa: E402
+from confagg.smk import mark_snakemake_process  # noqa: E402
+
+# Jobs inherit this process's identity and die with it (confagg.smk).
+mark_snakemake_process()
 
 
 # Fails before any job runs, with a message that names the offending key; fills

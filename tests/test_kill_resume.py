@@ -7,17 +7,26 @@ results/.progress), then while train_trl runs (after checkpoint-1 was saved). Th
 rerun must not generate the finished problems again, training must resume from
 checkpoint-1, and the outputs must match the session pipeline's uninterrupted run
 (same config, default batch_problems) in keys and counts.
+
+Jobs die with their Snakemake (confagg.smk): SIGKILL to Snakemake's PID alone (not its
+group) while grade_samples runs stops that job and its processes and publishes nothing;
+SIGKILL to the job's own process alone fails the job in Snakemake, publishes nothing,
+and a rerun completes. The mechanism itself is shown on bare processes too.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -226,3 +235,188 @@ def test_checkpoints_of_other_settings_or_data_are_discarded(tmp_path):
     keep_matching_checkpoints(ckpt, "b")
     assert not (ckpt / "checkpoint-1").exists()
     assert json.loads((ckpt / "fingerprint.json").read_text()) == {"fingerprint": "b"}
+
+
+# ---------------------------------------------------------------- jobs die with Snakemake
+
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for a reaper)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def wait_until(cond, what: str, timeout: float = 120, step: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while not (got := cond()):
+        assert time.monotonic() < deadline, f"no {what} within {timeout:.0f} s"
+        time.sleep(step)
+    return got
+
+
+def job_process(snakemake_pid: int, script: str) -> int | None:
+    """The PID of the job running `script` (workflow/scripts/<script>) among
+    Snakemake's children."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{name}/cmdline", "rb") as fh:
+                cmd = fh.read()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if ppid == snakemake_pid and script.encode() in cmd:
+            return int(name)
+    return None
+
+
+# A stand-in Snakemake (marks itself as the workflow does) and its job (watches it, as
+# setup_logging makes every entry script do), with a grandchild of its own.
+FAKE_SNAKEMAKE = textwrap.dedent("""
+    import subprocess, sys, time
+    from confagg.smk import mark_snakemake_process
+    mark_snakemake_process()
+    subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]])
+    time.sleep(120)
+""")
+FAKE_JOB = textwrap.dedent("""
+    import logging, os, subprocess, sys, time
+    from pathlib import Path
+    from confagg.io import atomic_write_text
+    from confagg.smk import die_with_snakemake
+    out = Path(sys.argv[1])
+    grandchild = subprocess.Popen(["sleep", "120"])
+    (out / "pids.tmp").write_text(f"{os.getpid()} {grandchild.pid}")
+    (out / "pids.tmp").rename(out / "pids")
+    if (out / "wait_for_orphan").exists():  # start watching only once Snakemake is gone
+        while not (out / "snakemake_gone").exists():
+            time.sleep(0.02)
+    die_with_snakemake(logging.getLogger())
+    (out / "watching").write_text("")
+    time.sleep(float((out / "work_s").read_text()))
+    atomic_write_text(out / "output", "stale")
+""")
+
+
+def start_fake(tmp_path: Path, *, work_s: float, wait_for_orphan: bool = False):
+    (tmp_path / "work_s").write_text(str(work_s))
+    if wait_for_orphan:
+        (tmp_path / "wait_for_orphan").write_text("")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("CONFAGG_SNAKEMAKE_PROCS", None)
+    return subprocess.Popen([sys.executable, "-c", FAKE_SNAKEMAKE, FAKE_JOB, str(tmp_path)],
+                            env=env, start_new_session=True)
+
+
+def test_a_job_dies_with_its_snakemake_and_takes_its_children(tmp_path):
+    fake = start_fake(tmp_path, work_s=2)
+    wait_until(lambda: (tmp_path / "watching").exists(), "watching job", timeout=60)
+    job, grandchild = map(int, (tmp_path / "pids").read_text().split())
+    fake.kill()  # the stand-in Snakemake's PID only; its group is left alone
+    fake.wait()
+    wait_until(lambda: not alive(job) and not alive(grandchild), "end of the job", timeout=5)
+    time.sleep(3)  # the job's work would be done by now
+    assert not (tmp_path / "output").exists()
+
+
+def test_a_job_orphaned_before_it_could_watch_dies_at_once(tmp_path):
+    fake = start_fake(tmp_path, work_s=0, wait_for_orphan=True)
+    wait_until(lambda: (tmp_path / "pids").exists(), "job start", timeout=60)
+    job, grandchild = map(int, (tmp_path / "pids").read_text().split())
+    fake.kill()
+    fake.wait()
+    (tmp_path / "snakemake_gone").write_text("")
+    wait_until(lambda: not alive(job) and not alive(grandchild), "end of the job", timeout=5)
+    assert not (tmp_path / "watching").exists() and not (tmp_path / "output").exists()
+
+
+def test_no_atomic_publish_once_a_check_refuses(tmp_path, monkeypatch):
+    from confagg import io as cio
+    from confagg.smk import Orphaned
+
+    target = tmp_path / "samples.json"
+    target.write_text("newer run")
+
+    def refuse():
+        raise Orphaned("Snakemake (pid 1) that started this job is gone")
+
+    monkeypatch.setattr(cio, "_publish_checks", [refuse])
+    with pytest.raises(Orphaned, match="is gone"):
+        cio.atomic_write_text(target, "orphan")
+    with pytest.raises(Orphaned):
+        cio.write_parquet(tmp_path / "t.parquet", pa.table({"x": [1]}))
+    assert target.read_text() == "newer run"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["samples.json"]  # no temp left
+
+
+def test_grade_job_dies_with_snakemake_and_a_killed_job_publishes_nothing(
+        tmp_path, pipeline, bundled_model):
+    """The real grade_samples rule on a copy of the session pipeline's shards. 1: SIGKILL
+    to Snakemake's PID alone: the job and its grader processes stop, nothing is written
+    (an orphan used to finish and overwrite a newer run's samples.parquet). 2: SIGKILL
+    to the job's process alone: Snakemake fails the job, nothing is written. 3: a rerun
+    grades every sample."""
+    pipeline.run(f"{GEN}/samples.parquet")
+    (tmp_path / "resources/models").mkdir(parents=True)
+    os.symlink(bundled_model, tmp_path / "resources/models" / MODEL)
+    # copied in the order they were made, so that the shards are newer than their inputs
+    for rel in ["resources/datasets/arith_train.jsonl", f"{GEN}/shards"]:
+        src, dst = pipeline.path(rel), tmp_path / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, copy_function=shutil.copy)
+        else:
+            shutil.copy(src, dst)
+        time.sleep(0.01)
+    target, summary = tmp_path / f"{GEN}/samples.parquet", tmp_path / f"{GEN}/grade_summary.json"
+    grade_log = tmp_path / f"logs/generate/{MODEL}/arith_train/grade.log"
+    configs = BASE_CONFIGS
+
+    def grade_job_watching(proc):
+        assert proc.poll() is None, f"snakemake ended (rc {proc.returncode})"
+        if grade_log.exists() and "watching Snakemake" in grade_log.read_text():
+            return job_process(proc.pid, "grade_samples.py")
+        return None
+
+    with _FileLock(VLLM_LOCK):  # the kills race the job: keep engines off the cores
+        plan = run_snakemake(tmp_path, f"{GEN}/samples.parquet", "-n", configfiles=configs,
+                             lock=False).stdout
+        assert "rule generate:" not in plan and "rule grade_samples:" in plan, plan
+
+        # 1. Snakemake alone.
+        proc = start(tmp_path, configs, f"{GEN}/samples.parquet")
+        job = wait_until(lambda: grade_job_watching(proc), "watching grade job", timeout=300)
+        family = [job, *descendants(job)]
+        proc.kill()
+        proc.wait()
+        wait_until(lambda: not any(alive(p) for p in family), "end of the grade job",
+                   timeout=5)
+        assert "that started this job is gone: stopping this job" in grade_log.read_text()
+        assert not target.exists() and not summary.exists()
+        unlock(tmp_path, configs)
+
+        # 2. The job alone.
+        grade_log.unlink()
+        proc = start(tmp_path, configs, f"{GEN}/samples.parquet")
+        job = wait_until(lambda: grade_job_watching(proc), "watching grade job", timeout=300)
+        os.kill(job, signal.SIGKILL)
+        assert proc.wait(timeout=120) != 0
+        assert not target.exists() and not summary.exists()
+        assert not alive(job)
+
+    # 3. A rerun completes.
+    run_snakemake(tmp_path, f"{GEN}/samples.parquet", configfiles=configs)
+    got = pq.read_table(target)
+    ref = pq.read_table(pipeline.path(f"{GEN}/samples.parquet"))
+    assert got.schema == ref.schema and got.num_rows == ref.num_rows
+    assert json.loads(summary.read_text())["samples"] == ref.num_rows
+
+
+def descendants(pid: int) -> list[int]:
+    from confagg.smk import _descendants
+
+    return _descendants(pid)
