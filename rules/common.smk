@@ -27,6 +27,9 @@ SOLVER = config["solver"]
 AGGREGATOR = config["aggregator"]
 TRAIN_DATASET = config["train_dataset"]
 BENCHMARKS = list(config["benchmarks"])
+# Training problems are cleaned against these; every benchmark's overlap with them is
+# still checked (rule benchmark_overlap) and shown in the report.
+DECONTAMINATE_AGAINST = list(config["curation"]["decontaminate_against"] or BENCHMARKS)
 
 # Final targets; each stage's .smk appends its own. `rule all` consumes them.
 TARGETS = []

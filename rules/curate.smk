@@ -6,7 +6,7 @@
 rule decontaminate:
     input:
         train="resources/datasets/{dataset}.jsonl",
-        benchmarks=[dataset_file(b) for b in BENCHMARKS],
+        benchmarks=[dataset_file(b) for b in DECONTAMINATE_AGAINST],
     output:
         dropped="results/curate/decontamination/{dataset}.json",
         report_md=report(
@@ -15,7 +15,7 @@ rule decontaminate:
             caption="../workflow/report/decontamination.rst",
         ),
     params:
-        benchmarks=BENCHMARKS,
+        benchmarks=DECONTAMINATE_AGAINST,
         ngram=config["curation"]["decontamination_ngram"],
     log:
         "logs/curate/decontaminate/{dataset}.log",
@@ -25,6 +25,25 @@ rule decontaminate:
         "../envs/cpu.yaml"
     script:
         "../workflow/scripts/curate_decontaminate.py"
+
+
+rule benchmark_overlap:
+    input:
+        train=dataset_file(TRAIN_DATASET),
+        decontamination=f"results/curate/decontamination/{TRAIN_DATASET}.json",
+        benchmark="resources/datasets/{benchmark}.jsonl",
+    output:
+        "results/evaluate/overlap/{benchmark}.json",
+    params:
+        ngram=config["curation"]["decontamination_ngram"],
+    log:
+        "logs/curate/benchmark_overlap/{benchmark}.log",
+    benchmark:
+        "benchmarks/curate/benchmark_overlap/{benchmark}.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        "../workflow/scripts/curate_benchmark_overlap.py"
 
 
 rule problem_stats:
@@ -79,7 +98,9 @@ rule aggregation_sets:
             caption="../workflow/report/curate.rst",
         ),
     params:
-        curation=config["curation"],
+        # which benchmarks were cleaned against reaches the sets through the
+        # decontamination file, so naming them here would rerun training for nothing
+        curation={k: v for k, v in config["curation"].items() if k != "decontaminate_against"},
         # the report's share of traces shorter than one confidence window
         window=config["generation"]["confidence_window"],
         tokenizer=lambda wc, input: tokenizer_dir(list(input.tokenizer)),

@@ -95,7 +95,10 @@ rule evaluate_benchmark:
 
 rule report:
     input:
-        expand("results/evaluate/{run}/{benchmark}/metrics.parquet", run=RUN, benchmark=BENCHMARKS),
+        metrics=expand(
+            "results/evaluate/{run}/{benchmark}/metrics.parquet", run=RUN, benchmark=BENCHMARKS
+        ),
+        overlap=expand("results/evaluate/overlap/{benchmark}.json", benchmark=BENCHMARKS),
     output:
         csv=report(
             "results/report/summary.csv",

@@ -91,3 +91,43 @@ def test_builtin_train_and_test_splits_share_no_problem(knobs):
     assert train == list(generate_problems(n_problems=600, seed=0, split="train", **knobs))
     with pytest.raises(ValueError, match="split must be train, test or null, got 'val'"):
         next(generate_problems(split="val"))
+
+
+def test_a_benchmark_not_cleaned_against_is_reported_with_its_overlap(tmp_path):
+    """A benchmark added after training (not in curation.decontaminate_against) is checked
+    against the training problems kept; its overlap reaches summary.md."""
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from confagg.report import overlap_markdown
+
+    def jsonl(name, rows):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({**r, "answer": "1"}) + "\n" for r in rows))
+        return str(path)
+
+    train = jsonl("train.jsonl", [{"id": "t1", "problem": "Compute 1 + 9."},
+                                  {"id": "t2", "problem": "Compute 2 + 2."},
+                                  {"id": "t3", "problem": "Compute 5 + 5."}])
+    decon = tmp_path / "decon.json"  # t3 was dropped when training was cleaned
+    decon.write_text(json.dumps({"dropped": [{"id": "t3"}]}))
+    bench = jsonl("late.jsonl", [{"id": "x1", "problem": "compute 1+9 ."},
+                                 {"id": "x2", "problem": "Compute 5 + 5."},
+                                 {"id": "x3", "problem": "Compute 7 + 1."}])
+    script = Path(__file__).resolve().parents[1] / "workflow/scripts/curate_benchmark_overlap.py"
+    spec = importlib.util.spec_from_file_location("overlap_script", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "late.json"
+    mod.main(SimpleNamespace(
+        input=SimpleNamespace(train=train, decontamination=str(decon), benchmark=bench),
+        output=[str(out)], params=SimpleNamespace(ngram=8),
+        wildcards=SimpleNamespace(benchmark="late"), log=[str(tmp_path / "log")]))
+    rep = json.loads(out.read_text())
+    # x2 matches only the dropped t3, so it is clean; x1 matches the kept t1
+    assert rep["overlapping_benchmark_ids"] == ["x1"]
+    assert rep["training_problems"] == 2 and rep["benchmark_problems"] == 3
+    md = overlap_markdown([rep])
+    assert "late: of 3 problems, **1 overlap**" in md and "x1" in md
+    assert "none overlaps" in overlap_markdown([{**rep, "overlapping_benchmark_ids": []}])

@@ -212,8 +212,14 @@ def test_benchmark_added_by_config_alone(pipeline, bundled_model, tmp_path):
                                   "fields": {"id": "qid", "problem": "question",
                                              "answer": "final"}}},
         "benchmarks": ["arith_test", "my_bench"],
+        # training stays cleaned against arith_test alone, so nothing retrains;
+        # my_bench's overlap with the training problems is checked instead
+        "curation": {"decontaminate_against": ["arith_test"]},
         "evaluation": {"agg_methods": ["conf_agg"]}})
     try:
+        planned = job_counts(pipeline.run("-n", *REPORT, configfiles=files).stdout)
+        assert not {"decontaminate", "aggregation_sets", "train_trl"} & set(planned), planned
+        assert planned["benchmark_overlap"] == 1 and planned["generate"] >= 1, planned
         pipeline.run(*REPORT, configfiles=files)
         norm = pipeline.path("resources/datasets/my_bench.jsonl").read_text().splitlines()
         assert json.loads(norm[0]) == {"id": "q0", "problem": "What is 3 + 4?", "answer": "7",
@@ -224,6 +230,10 @@ def test_benchmark_added_by_config_alone(pipeline, bundled_model, tmp_path):
         assert pipeline.path(f"results/evaluate/{RUN}/my_bench/aggregations/"
                              "conf_agg.parquet").exists()
         check_report(pipeline, {"arith_test": 8, "my_bench": 4}, aggregators=["conf_agg"])
+        overlap = json.loads(pipeline.path("results/evaluate/overlap/my_bench.json").read_text())
+        assert overlap["benchmark_problems"] == 3 and overlap["training_problems"] > 0
+        assert "- my_bench: of 3 problems" in pipeline.path(
+            "results/report/summary.md").read_text()
     finally:
         pipeline.run(*REPORT)  # the session's other tests expect the base report
     check_report(pipeline, {"arith_test": 8})

@@ -115,6 +115,10 @@ def check_references(config: dict[str, Any]) -> None:
         if name == config["train_dataset"]:
             raise ConfigError(f"config key 'benchmarks[{i}]': '{name}' is also the "
                              f"train_dataset; evaluate on data the aggregator was not trained on")
+    for i, name in enumerate(config["curation"].get("decontaminate_against") or []):
+        if name not in datasets:
+            raise ConfigError(f"config key 'curation.decontaminate_against[{i}]': dataset "
+                             f"'{name}' is not defined under 'datasets' (defined: {sorted(datasets)})")
     check_cross_keys(config)
 
 

@@ -167,9 +167,27 @@ def summary_markdown(rows: list[dict], margin: float = MATCH_MARGIN) -> str:
     return "\n".join(lines)
 
 
-def write_summary(rows: list[dict], csv_path: str | Path, md_path: str | Path) -> None:
+def overlap_markdown(overlaps: list[dict]) -> str:
+    """The contamination section: each benchmark's problems that training problems overlap."""
+    lines = ["## Overlap with the training problems", ""]
+    for o in overlaps:
+        ids = o["overlapping_benchmark_ids"]
+        state = (f"**{len(ids)} overlap** the training problems ({', '.join(ids[:10])}"
+                 f"{', ...' if len(ids) > 10 else ''}); its scores are not clean"
+                 if ids else "none overlaps")
+        lines.append(f"- {o['benchmark']}: of {o['benchmark_problems']} problems, {state} "
+                     f"(same normalized text or a shared {o['ngram']}-word run, against the "
+                     f"{o['training_problems']} training problems kept).")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(rows: list[dict], csv_path: str | Path, md_path: str | Path,
+                  overlaps: list[dict] | None = None) -> None:
     atomic_write_text(csv_path, summary_csv(rows))
-    atomic_write_text(md_path, summary_markdown(rows))
+    md = summary_markdown(rows)
+    if overlaps:
+        md += "\n" + overlap_markdown(overlaps)
+    atomic_write_text(md_path, md)
 
 
 def _compact(value: float, _pos=None) -> str:
