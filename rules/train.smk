@@ -43,6 +43,7 @@ if TRAINER == "openrlhf":
             model=directory("results/train/{run}/model"),
         params:
             cmd=openrlhf_shell,
+            reward_env=openrlhf_reward_env,
             ckpt_dir="results/.progress/train/{run}/ckpt",
             tensorboard=TENSORBOARD,
         resources:
@@ -54,6 +55,7 @@ if TRAINER == "openrlhf":
         conda:
             "../envs/train-openrlhf.yaml"
         shell:
+            "export {params.reward_env} && "
             "mkdir -p {params.ckpt_dir} {params.tensorboard} && {params.cmd} > {log} 2>&1"
 
 else:

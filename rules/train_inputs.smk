@@ -44,13 +44,18 @@ def openrlhf_shell(wildcards, resources):
         tensorboard_dir=TENSORBOARD.format(run=wildcards.run),
         run=wildcards.run,
     )
+    return shell_command(argv)
+
+
+def openrlhf_reward_env(wildcards):
+    """CONFAGG_REWARD='...': the reward's settings, which OpenRLHF's Ray workers on the
+    job's node inherit (the reward file is loaded by path, with no arguments)."""
     from confagg.reward import RewardSettings
 
-    reward = RewardSettings(
+    return RewardSettings(
         require_boxed=config["training"]["reward"]["require_boxed"],
         timeout_s=config["grading"]["timeout_s"],
-    )
-    return f"{reward.shell_prefix()} {shell_command(argv)}"
+    ).shell_prefix()
 
 
 def curves_inputs(wildcards):
