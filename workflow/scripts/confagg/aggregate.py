@@ -118,9 +118,10 @@ def run_aggregation(*, samples_path: str, dataset_path: str, calibration_path: s
     sets = agg_sets(samples, list(evaluation["agg_budgets"]), evaluation["agg_sets"],
                     evaluation["seed"])
     boxed_only = bool(grading.get("require_boxed", True))  # as the reward extracts
+    # parts extracted the other way are not reused (the default keeps earlier parts valid)
+    fp_eval = evaluation if boxed_only else {**evaluation, "require_boxed": False}
     progress = ShardProgress(progress_dir, progress_fingerprint(
-        model_path=model_path, evaluation={**evaluation, "require_boxed": boxed_only},
-        show_confidence=show_confidence,
+        model_path=model_path, evaluation=fp_eval, show_confidence=show_confidence,
         token_budget=token_budget, calibration_path=calibration_path, sets=sets,
         confidence_scale=confidence_scale))
     done = _done_keys(progress)
