@@ -89,7 +89,7 @@ check-envs: setup
 # prints a table and writes results/bench/bench.json. BENCH_ARGS=--quick for a fast pass.
 bench: setup
 	$(VENV)/bin/snakemake --profile profiles/local resources/models/smollm2-135m
-	$(PY) -m confagg.bench $(BENCH_ARGS)
+	$(PY) -m bench $(BENCH_ARGS)
 
 # What the active config will cost (problems, samples, tokens, curated rows, training
 # prompts, steps and time): docs/full-scale.md. PLAN_ARGS="--configfile my.yaml ...".
