@@ -3,6 +3,8 @@
 # summary table, the headline and the plots (marked for `snakemake --report`).
 # The benchmark pools come from Stage 1's rules (results/generate/{solver}/{benchmark}).
 
+from confagg.methods import BASE, agg_method, wildcard_pattern  # noqa: E402
+
 AGG_METHODS = list(config["evaluation"]["agg_methods"])
 # The keys an aggregation job reads: changing n_draws or bootstrap reruns only the
 # cheap metrics, not the vLLM jobs.
@@ -21,7 +23,7 @@ AGG_KEYS = (
 
 rule aggregate:
     input:
-        # conf_agg and conf_agg_noconf read the trained model, agg_prompted the base one
+        # each method's model and confidence come from confagg/methods.py
         unpack(
             lambda wc: {
                 "samples": f"results/generate/{SOLVER}/{wc.benchmark}/samples.parquet",
@@ -29,7 +31,7 @@ rule aggregate:
                 "calibration": f"results/curate/{SOLVER}/{TRAIN_DATASET}/calibration.json",
                 "model": (
                     model_input(AGGREGATOR)
-                    if wc.method == "agg_prompted"
+                    if agg_method(wc.method).model == BASE
                     else [f"results/train/{wc.run}/model"]
                 ),
             }
@@ -37,16 +39,16 @@ rule aggregate:
     output:
         "results/evaluate/{run}/{benchmark}/aggregations/{method}.parquet",
     wildcard_constraints:
-        method="conf_agg|conf_agg_noconf|agg_prompted",
+        method=wildcard_pattern(),
     params:
         model_path=lambda wc: (
             model_path(AGGREGATOR)
-            if wc.method == "agg_prompted"
+            if agg_method(wc.method).model == BASE
             else f"results/train/{wc.run}/model"
         ),
         vllm=config["vllm"],
         evaluation={k: config["evaluation"][k] for k in AGG_KEYS},
-        show_confidence=lambda wc: wc.method != "conf_agg_noconf",
+        show_confidence=lambda wc: agg_method(wc.method).show_confidence,
         token_budget=config["curation"]["prompt_token_budget"],
         # the scale the aggregator was trained on (percentile or raw)
         confidence_scale=config["curation"]["confidence_scale"],

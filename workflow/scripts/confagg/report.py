@@ -20,10 +20,11 @@ import pyarrow as pa
 
 from .estimators import MODEL_FREE
 from .io import atomic_write_text
+from .methods import AGG_METHODS
 
 SUMMARY_COLUMNS = ["benchmark", "method", "budget", "accuracy", "ci_low", "ci_high",
                    "mean_tokens", "diff_ref", "diff", "diff_low", "diff_high"]
-AGGREGATORS = ("conf_agg", "conf_agg_noconf", "agg_prompted")
+AGGREGATORS = tuple(AGG_METHODS)
 METHOD_ORDER = (*MODEL_FREE, *AGGREGATORS)
 METRICS_SCHEMA = pa.schema([
     ("benchmark", pa.string()), ("method", pa.string()), ("budget", pa.int32()),
@@ -128,7 +129,7 @@ def summary_markdown(rows: list[dict], margin: float = MATCH_MARGIN) -> str:
     lines = ["# Conf-AggLLM evaluation", "",
              "Accuracy (%) with its 95% bootstrap interval over problems, by method and budget "
              "m: solver samples for the voting methods, candidates shown to the aggregator "
-             "for `conf_agg`, `conf_agg_noconf` and `agg_prompted`. Tokens are the generated "
+             f"for {', '.join(f'`{m}`' for m in AGGREGATORS)}. Tokens are the generated "
              "tokens per problem behind each point (solver plus aggregator).", "",
              "Each aggregator is compared with majority voting at the largest budget on the "
              "same problems: the mean per-problem difference in points with a 95% paired "
