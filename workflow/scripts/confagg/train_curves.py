@@ -63,6 +63,7 @@ def plot(rows: list[dict[str, Any]], out: str | Path, title: str) -> dict[str, s
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
     shown = {}
@@ -75,6 +76,7 @@ def plot(rows: list[dict[str, Any]], out: str | Path, title: str) -> dict[str, s
             ax.plot(x, y, marker="o" if len(x) < 30 else None, lw=1.2)
         ax.set_title(label if name is None else f"{label} [{name}]", fontsize=10)
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole
     for ax in axes[1]:
         ax.set_xlabel("step")
     fig.suptitle(title)
