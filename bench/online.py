@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def stage_online(sz: dict, cfg: dict, workdir: Path, model_path: str) -> dict:
     online = {**gen["online"], "enabled": True, "consensus": gen["online"]["consensus"] or 0.95}
     metric = "conf_" + cfg["curation"]["confidence_metric"]
     runs: dict[str, dict] = {}
+    os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # collective_rpc of reseed_worker
     with VllmLock():
         llm = make_engine(model_path, dict(cfg["vllm"]), seed=sampling["seed"], online=True)
         for mode in ("offline", "online"):
