@@ -30,12 +30,32 @@ if (
 container: CONTAINER_IMAGE
 
 
+# `snakemake --report report.html`: this page, then the outputs marked with report().
+report: "workflow/report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/generate.smk"
 include: "rules/curate.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+
+
+# Light jobs run in Snakemake's own process: no cluster queue for a merge, a table or a
+# download (SLURM gets the vLLM, grading, training and metrics jobs).
+localrules:
+    all,
+    prepare_dataset,
+    merge_generated,
+    decontaminate,
+    benchmark_overlap,
+    problem_stats,
+    calibrate_confidence,
+    aggregation_sets,
+    training_prompts,
+    training_curves,
+    report,
 
 
 rule all:

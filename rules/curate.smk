@@ -88,7 +88,7 @@ rule aggregation_sets:
         decontamination="results/curate/decontamination/{dataset}.json",
         tokenizer=model_input(AGGREGATOR),
     output:
-        train="results/curate/{model}/{dataset}/train.jsonl",
+        train=ensure("results/curate/{model}/{dataset}/train.jsonl", non_empty=True),
         val="results/curate/{model}/{dataset}/val.jsonl",
         sets="results/curate/{model}/{dataset}/sets.parquet",
         report="results/curate/{model}/{dataset}/curate_report.json",

@@ -6,7 +6,7 @@ rule prepare_dataset:
     input:
         dataset_source_input,
     output:
-        "resources/datasets/{dataset}.jsonl",
+        ensure("resources/datasets/{dataset}.jsonl", non_empty=True),
     params:
         spec=lambda wc: normalization_spec(wc.dataset),
     log:

@@ -58,8 +58,12 @@ rule aggregate:
             "require_boxed": config["training"]["reward"]["require_boxed"],
         },
         progress_dir="results/.progress/evaluate/{run}/{benchmark}/{method}",
+    # a failed job resumes from its saved batches
+    retries: 1
     resources:
         gpu=1,
+        mem_mb=64000,
+        runtime=240,
     log:
         "logs/evaluate/{run}/{benchmark}/aggregate_{method}.log",
     benchmark:
@@ -85,6 +89,9 @@ rule evaluate_benchmark:
         n_draws=config["evaluation"]["n_draws"],
         bootstrap=config["evaluation"]["bootstrap"],
         seed=config["evaluation"]["seed"],
+    resources:
+        mem_mb=16000,
+        runtime=120,
     log:
         "logs/evaluate/{run}/{benchmark}/metrics.log",
     benchmark:

@@ -19,8 +19,12 @@ rule generate:
         batch_problems=config["generation"]["batch_problems"],
         online=config["generation"]["online"],
         progress_dir="results/.progress/generate/{model}/{dataset}/shard{shard}",
+    # a failed shard resumes from its saved batches
+    retries: 1
     resources:
         gpu=1,
+        mem_mb=64000,
+        runtime=720,
     log:
         "logs/generate/{model}/{dataset}/shard{shard}.log",
     benchmark:
@@ -65,6 +69,9 @@ rule grade_samples:
         workers=config["grading"]["workers"],
         timeout_s=config["grading"]["timeout_s"],
     threads: config["grading"]["workers"]
+    resources:
+        mem_mb=16000,
+        runtime=120,
     log:
         "logs/generate/{model}/{dataset}/grade.log",
     benchmark:

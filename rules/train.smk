@@ -48,6 +48,8 @@ if TRAINER == "openrlhf":
             tensorboard=TENSORBOARD,
         resources:
             gpu=4,
+            mem_mb=256000,
+            runtime=2880,
         log:
             "logs/train/{run}/openrlhf.log",
         benchmark:
@@ -77,8 +79,12 @@ else:
             model_path=model_path(AGGREGATOR),
             ckpt_dir="results/.progress/train/{run}/ckpt",
             tensorboard=TENSORBOARD,
+        # a failed run resumes from its last checkpoint
+        retries: 1
         resources:
             gpu=1,
+            mem_mb=64000,
+            runtime=1440,
         log:
             "logs/train/{run}/trl.log",
         benchmark:

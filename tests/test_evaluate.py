@@ -152,6 +152,7 @@ def test_snakemake_report_holds_the_table_and_plots(pipeline, bundled_model, tmp
                  "accuracy_vs_tokens.png"):
         assert name in text, name
     assert "Evaluation" in text
+    assert "a solver samples n solutions per problem" in text  # Snakefile's report:
 
 
 def test_a_changed_estimator_setting_reruns_only_the_cheap_jobs(pipeline, bundled_model,
