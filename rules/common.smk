@@ -125,12 +125,3 @@ def trl_settings(wildcards=None):
     """The training settings a TRL job reads (its params): a change to an OpenRLHF-only
     key does not retrain with TRL, nor rerun the evaluation after it."""
     return {k: v for k, v in config["training"].items() if k not in OPENRLHF_ONLY_KEYS}
-
-
-def tokenizer_dir(model_files):
-    """The aggregator's tokenizer location from its input files (a model folder or
-    its config.json), or its Hub id when it has none."""
-    if not model_files:
-        return model_path(AGGREGATOR)
-    first = str(model_files[0])
-    return os.path.dirname(first) if first.endswith("config.json") else first

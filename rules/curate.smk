@@ -103,7 +103,7 @@ rule aggregation_sets:
         curation={k: v for k, v in config["curation"].items() if k != "decontaminate_against"},
         # the report's share of traces shorter than one confidence window
         window=config["generation"]["confidence_window"],
-        tokenizer=lambda wc, input: tokenizer_dir(list(input.tokenizer)),
+        tokenizer=model_path(AGGREGATOR),
     log:
         "logs/curate/{model}/{dataset}/aggregation_sets.log",
     benchmark:

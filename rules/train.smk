@@ -3,6 +3,8 @@
 TRAINER = config["training"]["trainer"]
 PROMPTS = "results/train/{run}/prompts"
 TENSORBOARD = "logs/train/{run}/tensorboard"
+# checkpoints: progress, not output (Snakemake would delete a failed job's)
+CKPT_DIR = "results/.progress/train/{run}/ckpt"
 
 
 include: "train_inputs.smk"
@@ -44,7 +46,7 @@ if TRAINER == "openrlhf":
         params:
             cmd=openrlhf_shell,
             reward_env=openrlhf_reward_env,
-            ckpt_dir="results/.progress/train/{run}/ckpt",
+            ckpt_dir=CKPT_DIR,
             tensorboard=TENSORBOARD,
         resources:
             gpu=4,
@@ -77,7 +79,7 @@ else:
                 },
             ),
             model_path=model_path(AGGREGATOR),
-            ckpt_dir="results/.progress/train/{run}/ckpt",
+            ckpt_dir=CKPT_DIR,
             tensorboard=TENSORBOARD,
         # a failed run resumes from its last checkpoint
         retries: 1

@@ -27,18 +27,17 @@ def openrlhf_python():
     return python
 
 
-def openrlhf_shell(wildcards, resources):
+def openrlhf_shell(wildcards, input, output, resources):
     """The OpenRLHF 0.11.2 command line for this job (shown by `snakemake -n -p`)."""
     from confagg.train_openrlhf import build_command, shell_command
 
-    base = PROMPTS.format(run=wildcards.run)
     argv = build_command(
         config["training"],
         model_path=model_path(AGGREGATOR),
-        train_path=f"{base}/train.jsonl",
-        val_path=f"{base}/val.jsonl",
-        output_dir=f"results/train/{wildcards.run}/model",
-        ckpt_dir=f"results/.progress/train/{wildcards.run}/ckpt",
+        train_path=input.train,
+        val_path=input.val,
+        output_dir=output.model,
+        ckpt_dir=CKPT_DIR.format(run=wildcards.run),
         n_gpus=resources.gpu,
         python=openrlhf_python(),
         tensorboard_dir=TENSORBOARD.format(run=wildcards.run),
