@@ -108,7 +108,7 @@ install-profiles:
 	@echo "profiles linked in $(PROFILE_HOME): use --profile local|gpu4|slurm from this folder"
 
 clean-results:
-	rm -rf results logs benchmarks
+	rm -rf results logs
 
 # Container images (containers/, README "Containers"), with podman or docker: this
 # machine's flavour (FLAVOUR=gpu or cpu to choose), tagged confagg:$(FLAVOUR).

@@ -20,7 +20,7 @@ rule decontaminate:
     log:
         "logs/curate/decontaminate/{dataset}.log",
     benchmark:
-        "benchmarks/curate/decontaminate/{dataset}.tsv"
+        "logs/timings/curate/decontaminate/{dataset}.tsv"
     conda:
         "../envs/cpu.yaml"
     script:
@@ -39,7 +39,7 @@ rule benchmark_overlap:
     log:
         "logs/curate/benchmark_overlap/{benchmark}.log",
     benchmark:
-        "benchmarks/curate/benchmark_overlap/{benchmark}.tsv"
+        "logs/timings/curate/benchmark_overlap/{benchmark}.tsv"
     conda:
         "../envs/cpu.yaml"
     script:
@@ -56,7 +56,7 @@ rule problem_stats:
     log:
         "logs/curate/{model}/{dataset}/problem_stats.log",
     benchmark:
-        "benchmarks/curate/{model}/{dataset}/problem_stats.tsv"
+        "logs/timings/curate/{model}/{dataset}/problem_stats.tsv"
     conda:
         "../envs/cpu.yaml"
     script:
@@ -73,11 +73,11 @@ rule calibrate_confidence:
     log:
         "logs/curate/{model}/{dataset}/calibrate_confidence.log",
     benchmark:
-        "benchmarks/curate/{model}/{dataset}/calibrate_confidence.tsv"
+        "logs/timings/curate/{model}/{dataset}/calibrate_confidence.tsv"
     conda:
         "../envs/cpu.yaml"
     script:
-        "../workflow/scripts/curate_calibration.py"
+        "../workflow/scripts/curate_calibrate_confidence.py"
 
 
 rule aggregation_sets:
@@ -98,20 +98,23 @@ rule aggregation_sets:
             caption="../workflow/report/curate.rst",
         ),
     params:
-        # which benchmarks were cleaned against reaches the sets through the
-        # decontamination file, so naming them here would rerun training for nothing
-        curation={k: v for k, v in config["curation"].items() if k != "decontaminate_against"},
+        # decontamination settings reach the sets through the decontamination file
+        curation={
+            k: v
+            for k, v in config["curation"].items()
+            if k not in ("decontaminate_against", "decontamination_ngram")
+        },
         # the report's share of traces shorter than one confidence window
         window=config["generation"]["confidence_window"],
         tokenizer=model_path(AGGREGATOR),
     log:
         "logs/curate/{model}/{dataset}/aggregation_sets.log",
     benchmark:
-        "benchmarks/curate/{model}/{dataset}/aggregation_sets.tsv"
+        "logs/timings/curate/{model}/{dataset}/aggregation_sets.tsv"
     conda:
         "../envs/cpu.yaml"
     script:
-        "../workflow/scripts/curate_sets.py"
+        "../workflow/scripts/curate_aggregation_sets.py"
 
 
 TARGETS.append(f"results/curate/decontamination/{TRAIN_DATASET}.md")

@@ -12,7 +12,7 @@ rule prepare_dataset:
     log:
         "logs/data/prepare_dataset/{dataset}.log",
     benchmark:
-        "benchmarks/data/prepare_dataset/{dataset}.tsv"
+        "logs/timings/data/prepare_dataset/{dataset}.tsv"
     conda:
         "../envs/cpu.yaml"
     script:
@@ -27,7 +27,7 @@ rule prepare_bundled_model:
     log:
         "logs/data/prepare_bundled_model/{bundled}.log",
     benchmark:
-        "benchmarks/data/prepare_bundled_model/{bundled}.tsv"
+        "logs/timings/data/prepare_bundled_model/{bundled}.tsv"
     conda:
         "../envs/cpu.yaml"
     script:

@@ -67,7 +67,7 @@ rule aggregate:
     log:
         "logs/evaluate/{run}/{benchmark}/aggregate_{method}.log",
     benchmark:
-        "benchmarks/evaluate/{run}/{benchmark}/aggregate_{method}.tsv"
+        "logs/timings/evaluate/{run}/{benchmark}/aggregate_{method}.tsv"
     conda:
         "../envs/generate.yaml"
     script:
@@ -95,11 +95,11 @@ rule evaluate_benchmark:
     log:
         "logs/evaluate/{run}/{benchmark}/metrics.log",
     benchmark:
-        "benchmarks/evaluate/{run}/{benchmark}/metrics.tsv"
+        "logs/timings/evaluate/{run}/{benchmark}/metrics.tsv"
     conda:
         "../envs/cpu.yaml"
     script:
-        "../workflow/scripts/evaluate_metrics.py"
+        "../workflow/scripts/evaluate_benchmark.py"
 
 
 rule report:
@@ -136,7 +136,7 @@ rule report:
     log:
         "logs/evaluate/report.log",
     benchmark:
-        "benchmarks/evaluate/report.tsv"
+        "logs/timings/evaluate/report.tsv"
     conda:
         "../envs/cpu.yaml"
     script:

@@ -28,7 +28,7 @@ rule generate:
     log:
         "logs/generate/{model}/{dataset}/shard{shard}.log",
     benchmark:
-        "benchmarks/generate/{model}/{dataset}/shard{shard}.tsv"
+        "logs/timings/generate/{model}/{dataset}/shard{shard}.tsv"
     conda:
         "../envs/generate.yaml"
     script:
@@ -51,11 +51,11 @@ rule merge_generated:
     log:
         "logs/generate/{model}/{dataset}/merge.log",
     benchmark:
-        "benchmarks/generate/{model}/{dataset}/merge.tsv"
+        "logs/timings/generate/{model}/{dataset}/merge.tsv"
     conda:
         "../envs/cpu.yaml"
     script:
-        "../workflow/scripts/merge_shards.py"
+        "../workflow/scripts/merge_generated.py"
 
 
 rule grade_samples:
@@ -75,7 +75,7 @@ rule grade_samples:
     log:
         "logs/generate/{model}/{dataset}/grade.log",
     benchmark:
-        "benchmarks/generate/{model}/{dataset}/grade.tsv"
+        "logs/timings/generate/{model}/{dataset}/grade.tsv"
     conda:
         "../envs/cpu.yaml"
     script:

@@ -29,11 +29,11 @@ rule training_prompts:
     log:
         "logs/train/{run}/prompts_{split}.log",
     benchmark:
-        "benchmarks/train/{run}/prompts_{split}.tsv"
+        "logs/timings/train/{run}/prompts_{split}.tsv"
     conda:
         "../envs/cpu.yaml"
     script:
-        "../workflow/scripts/train_prompts.py"
+        "../workflow/scripts/training_prompts.py"
 
 
 if TRAINER == "openrlhf":
@@ -55,7 +55,7 @@ if TRAINER == "openrlhf":
         log:
             "logs/train/{run}/openrlhf.log",
         benchmark:
-            "benchmarks/train/{run}/openrlhf.tsv"
+            "logs/timings/train/{run}/openrlhf.tsv"
         conda:
             "../envs/train-openrlhf.yaml"
         shell:
@@ -90,7 +90,7 @@ else:
         log:
             "logs/train/{run}/trl.log",
         benchmark:
-            "benchmarks/train/{run}/trl.tsv"
+            "logs/timings/train/{run}/trl.tsv"
         conda:
             "../envs/train-trl.yaml"
         script:
@@ -113,11 +113,11 @@ rule training_curves:
     log:
         "logs/train/training_curves.log",
     benchmark:
-        "benchmarks/train/training_curves.tsv"
+        "logs/timings/train/training_curves.tsv"
     conda:
         "../envs/cpu.yaml"
     script:
-        "../workflow/scripts/train_curves.py"
+        "../workflow/scripts/training_curves.py"
 
 
 TARGETS.extend([f"results/train/{RUN}/model", "results/report/training_curves.png"])

@@ -267,7 +267,7 @@ def write_aggregations(path, correct: dict[tuple[str, int], list[bool]]):
 
 
 def test_metrics_script_pairs_every_aggregator_with_majority(tmp_path, monkeypatch):
-    script = load_script("evaluate_metrics")
+    script = load_script("evaluate_benchmark")
     monkeypatch.setattr(script, "setup_logging", lambda smk: logging.getLogger("test"))
     # majority@4: p right (3 of 4), q wrong (two wrong answers outvote one right), r a tie
     write_samples(tmp_path / "samples.parquet", {
