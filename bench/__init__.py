@@ -6,7 +6,7 @@ timings taken in the same run, project and baseline interleaved (their order
 alternates from round to round), and the median over rounds, so it holds on a noisy
 machine. Each stage runs in its own process: its peak RSS is its own.
 
-Stages and figures (the table in README.md's "Performance" section explains them):
+Stages and figures (docs/performance.md explains them):
 - generation: the generate rule's shard function (`generation.generate_shard`, given
   the started engine) against a bare ``LLM.generate`` on the same prompts and
   sampling parameters -> ``gen_overhead_ratio``; throughput with and without
