@@ -1,7 +1,8 @@
 """The workflow config outside Snakemake: load, merge overlays, validate, check references.
 
-Snakemake does the same in rules/common.smk (with `snakemake.utils.validate`); this
-module serves tests, benchmarks and scripts that need the merged config.
+rules/common.smk validates Snakemake's config with this module's `validate_config` (and
+`check_config_files`); tests, `make bench`, `make plan` and scripts load the merged config
+with `load_config`.
 """
 
 from __future__ import annotations
