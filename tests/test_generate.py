@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -75,6 +76,16 @@ def test_samples_schema_and_invariants(train_samples, pipeline):
     assert shards == ["0.parquet", "1.parquet"]
     summary = json.loads(pipeline.path(f"{TRAIN}/grade_summary.json").read_text())
     assert summary["samples"] == 24 and summary["correct"] == sum(x["correct"] for x in rows)
+
+
+def test_generation_and_grading_logs_show_progress(train_samples, pipeline):
+    """The shard's log moves per finished request (vLLM's bar: count, ETA, tokens/s), not
+    once per batch; clustering reports its problems."""
+    logs = pipeline.path(f"logs/generate/{MODEL}/arith_train")
+    lines = (logs / "shard0.log").read_text().replace("\r", "\n").splitlines()
+    bar = [x for x in lines if x.startswith("Processed prompts:")]
+    assert any(re.search(r" \d+/\d+ \[.*<.*output: [\d.]+ toks/s", x) for x in bar), bar
+    assert "cluster answers:" in (logs / "grade.log").read_text()
 
 
 def test_grading_of_hand_written_samples(tmp_path):

@@ -104,7 +104,14 @@ def run_aggregation(*, samples_path: str, dataset_path: str, calibration_path: s
     """Aggregate every set of every budget; writes AGG_SCHEMA rows to out_path."""
     from tqdm import tqdm
 
-    from .generation import ShardProgress, chat_prompts, check_model_path, make_engine, split_final
+    from .generation import (
+        ShardProgress,
+        chat_prompts,
+        check_model_path,
+        make_engine,
+        request_bar,
+        split_final,
+    )
     from .grading import Grader
     from .prompts import ConfidenceCalibration, build_aggregation_prompt, confidence_values
 
@@ -161,7 +168,7 @@ def run_aggregation(*, samples_path: str, dataset_path: str, calibration_path: s
                             f"{s['budget']}) has {n_prompt} tokens, beyond vllm.max_model_len="
                             f"{max_len}: lower curation.prompt_token_budget or raise "
                             f"max_model_len")
-                outputs = llm.generate(prompts, params, use_tqdm=False)
+                outputs = llm.generate(prompts, params, use_tqdm=request_bar())
                 records, finals = [], []
                 for s, out in zip(batch, outputs):
                     g = samples[s["problem_id"]]

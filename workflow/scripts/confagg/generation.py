@@ -102,6 +102,20 @@ def chat_prompts(tokenizer, user_texts: list[str], system_prompt: str | None,
     return out
 
 
+# A job's log gets vLLM's request bar at most this often (seconds), not one line a token.
+REQUEST_BAR_S = 30.0
+
+
+def request_bar():
+    """`use_tqdm` for `LLM.generate`: vLLM's bar moves per finished request and shows
+    output tokens/s and the ETA; in a log, at most one line per REQUEST_BAR_S."""
+    from functools import partial
+
+    from tqdm import tqdm
+
+    return partial(tqdm, mininterval=REQUEST_BAR_S)
+
+
 def sampling_params(sampling: dict, n: int, extra_args: dict | None = None):
     from vllm import SamplingParams
 
@@ -288,7 +302,7 @@ def generate_shard(*, dataset_path: str, out_path: str, progress_dir: str, shard
             if online:
                 records = online_batch(llm, prompts, batch, n, sampling, online, conf_window)
             else:
-                outputs = llm.generate(prompts, params, use_tqdm=False)
+                outputs = llm.generate(prompts, params, use_tqdm=request_bar())
                 records = [sample_record(row, idx, comp, k, conf_window)
                            for row, out in zip(batch, outputs)
                            for idx, comp in enumerate(out.outputs)]
@@ -361,7 +375,10 @@ def grade_samples(*, merged_path: str, dataset_path: str, out_path: str, workers
         positions: dict[str, list[int]] = {}
         for i, p in enumerate(pids):
             positions.setdefault(p, []).append(i)
-        for idxs in positions.values():
+        from tqdm import tqdm
+
+        for idxs in tqdm(positions.values(), desc="cluster answers", unit="problem",
+                         mininterval=2):
             clusters[idxs] = cluster_answers([answers[i] for i in idxs], grader)
         stats = dict(grader.stats)
     table = (table
