@@ -42,6 +42,8 @@ ALL_AGGS = TRAINED_AGGS | {f"{EVAL}/aggregations/agg_prompted.parquet"}
 GENERATED = SHARDS | {f"{GEN}/{d}/{n}" for d in ("arith_train", "arith_test")
                       for n in ("merged.parquet", "samples.parquet", "grade_summary.json")}
 STATS = {f"{CUR}/problems.parquet", f"{CUR}/calibration.json"}
+DECON = {f"results/curate/decontamination/arith_train.{x}" for x in ("json", "md")}
+OVERLAP = {"results/evaluate/overlap/arith_test.json"}
 
 EVAL_JOBS = {"evaluate_benchmark": 1, "report": 1}
 TRAIN_JOBS = {"training_prompts": 1, "train_trl": 1, "training_curves": 1}
@@ -70,6 +72,15 @@ CASES = {
     "training.max_prompts": ({"training": {"max_prompts": 2}},
                              {**TRAIN_JOBS, "aggregate": 2, **EVAL_JOBS}, PROMPTS,
                              TRAINED | TRAINED_AGGS | METRICS | REPORT),
+    # The n-gram reruns decontamination, so everything downstream of the training
+    # problems, and the benchmark's overlap check.
+    "curation.decontamination_ngram": (
+        {"curation": {"decontamination_ngram": 6}},
+        {"decontaminate": 1, "benchmark_overlap": 1, **CURATION_JOBS}, DECON | OVERLAP,
+        DECON | OVERLAP | CURATED | TRAINED | TRAINED_AGGS | METRICS | REPORT),
+    # Naming the benchmarks cleaned against, unchanged from the default, changes nothing.
+    "curation.decontaminate_against": ({"curation": {"decontaminate_against": ["arith_test"]}},
+                                       {}, set(), set()),
     # An OpenRLHF-only setting does not reach the TRL trainer's params.
     "training.openrlhf.zero_stage": ({"training": {"openrlhf": {"zero_stage": 2}}}, {}, set(),
                                      set()),
@@ -119,7 +130,8 @@ def test_nothing_changed_reruns_nothing(finished):
     assert "Nothing to be done (all requested files are present and up to date)." in \
         proc.stdout, proc.stdout[-3000:]
     rows = summary(pipeline.run("--summary").stdout)
-    expected = (GENERATED | STATS | CURATED | TRAINED | ALL_AGGS | METRICS | REPORT)
+    expected = (GENERATED | STATS | DECON | OVERLAP | CURATED | TRAINED | ALL_AGGS | METRICS
+                | REPORT)
     assert expected <= set(rows)
     for path, (status, plan) in rows.items():
         assert plan == "no update", (path, status, plan)
