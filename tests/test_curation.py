@@ -364,7 +364,8 @@ def test_evaluation_keeps_answers_only_for_the_scale_they_were_made_with(tmp_pat
     kw = dict(samples_path=samples_path, dataset_path=str(data), calibration_path=str(cal),
               model_path=model, vllm_cfg={}, evaluation=ev, show_confidence=True,
               token_budget=None, grading=grading, progress_dir=progress_dir)
-    fp = progress_fingerprint(model_path=model, evaluation={**ev, "require_boxed": True},
+    # boxed-only extraction (the grading default) leaves the fingerprint's settings as is
+    fp = progress_fingerprint(model_path=model, evaluation=ev,
                               show_confidence=True, token_budget=None,
                               calibration_path=str(cal), sets=sets,
                               confidence_scale="percentile")
