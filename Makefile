@@ -26,7 +26,7 @@ OR_LOCK := -c requirements/constraints-openrlhf.txt
 # prebuilt wheel instead of compiling it (docs/setup.md).
 FLASH_ATTN ?= flash-attn==2.8.3
 
-.PHONY: setup check-envs run test lint bench plan dry-run install-profiles clean-results
+.PHONY: setup check-envs run test test-cluster lint bench plan dry-run install-profiles clean-results
 
 setup: $(STAMP) $(if $(filter gpu,$(FLAVOUR)),$(OR_STAMP))
 
@@ -75,6 +75,10 @@ run: setup
 
 test: setup
 	$(VENV)/bin/pytest -q
+
+# The SLURM profile on a one-node cluster this machine starts (root, apt; ~15 min).
+test-cluster: setup
+	CONFAGG_TEST_SLURM=1 $(VENV)/bin/pytest -q tests/test_slurm.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

