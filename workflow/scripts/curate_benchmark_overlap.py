@@ -7,7 +7,7 @@ contaminated score is reported instead of silently trusted.
 
 import json
 
-from confagg.curation import load_problems
+from confagg.curation import drop_contaminated, load_problems
 from confagg.decontam import decontaminate
 from confagg.io import atomic_write_text
 from confagg.smk import setup_logging
@@ -15,8 +15,9 @@ from confagg.smk import setup_logging
 
 def main(smk):
     log = setup_logging(smk)
-    dropped = {d["id"] for d in json.loads(open(smk.input.decontamination).read())["dropped"]}
-    kept = [r for r in load_problems(smk.input.train).values() if str(r["id"]) not in dropped]
+    problems = load_problems(smk.input.train)
+    drop_contaminated(problems, smk.input.decontamination)  # the problems training kept
+    kept = list(problems.values())
     rep = decontaminate(kept, {smk.wildcards.benchmark: load_problems(smk.input.benchmark).values()},
                         n=smk.params.ngram)
     overlap = sorted({d["benchmark_id"] for d in rep["dropped"]})
