@@ -60,7 +60,7 @@ if TRAINER == "openrlhf":
             "../envs/train-openrlhf.yaml"
         shell:
             "export {params.reward_env} && "
-            "mkdir -p {params.ckpt_dir} {params.tensorboard} && {params.cmd} > {log} 2>&1"
+            "mkdir -p {params.ckpt_dir} {params.tensorboard} && ({params.cmd}) > {log} 2>&1"
 
 else:
 

@@ -28,8 +28,9 @@ def openrlhf_python():
 
 
 def openrlhf_shell(wildcards, input, output, resources):
-    """The OpenRLHF 0.11.2 command line for this job (shown by `snakemake -n -p`)."""
-    from confagg.train_openrlhf import build_command, shell_command
+    """The OpenRLHF 0.11.2 command line for this job (shown by `snakemake -n -p`); with
+    LoRA, then the merge of its adapters into the job's output."""
+    from confagg.train_openrlhf import build_command, merge_command, shell_command
 
     argv = build_command(
         config["training"],
@@ -43,7 +44,14 @@ def openrlhf_shell(wildcards, input, output, resources):
         tensorboard_dir=TENSORBOARD.format(run=wildcards.run),
         run=wildcards.run,
     )
-    return shell_command(argv)
+    merge = merge_command(
+        config["training"],
+        model_path=model_path(AGGREGATOR),
+        ckpt_dir=CKPT_DIR.format(run=wildcards.run),
+        output_dir=output.model,
+        python=openrlhf_python(),
+    )
+    return shell_command(argv, merge)
 
 
 def openrlhf_reward_env(wildcards):

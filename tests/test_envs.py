@@ -214,4 +214,4 @@ def test_profiles_run_openrlhf_with_its_environment(tmp_path, profile):
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
-    assert f"&& {REPO}/.venv-openrlhf/bin/python -m openrlhf.cli.train_ppo_ray " in out
+    assert f"&& ({REPO}/.venv-openrlhf/bin/python -m openrlhf.cli.train_ppo_ray " in out

@@ -10,6 +10,7 @@ import shlex
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from confagg.config import ConfigError, load_config
@@ -18,8 +19,10 @@ from confagg.train_data import draw
 from confagg.train_openrlhf import (
     REWARD_FILE,
     WANDB_KEY_PLACEHOLDER,
+    adapter_dir,
     build_command,
     check_lengths,
+    merge_command,
     shell_command,
 )
 from conftest import REPO, SNAKEMAKE
@@ -165,6 +168,45 @@ def test_job_gpus_and_overrides_reach_the_command(full_config, tmp_path):
     assert a["ds"]["zero_stage"] == 2 and a["vllm"]["enforce_eager"] is True
 
 
+def with_lora(t, **lora):
+    return {**t, "lora": {**t["lora"], "enabled": True, **lora}}
+
+
+def test_lora_flags_parse_and_adapters_go_to_the_merge(full_config, tmp_path):
+    t = full_config["training"]
+    a = parse_with_openrlhf(command(t), tmp_path)
+    assert a["ds"]["lora"]["rank"] == 0  # off: OpenRLHF trains every weight
+    assert a["ckpt"]["output_dir"].endswith("results/train/r/model")
+    assert merge_command(t, model_path="m", ckpt_dir="ck", output_dir="o") is None
+
+    lora = with_lora(t, rank=8, alpha=16, dropout=0.05, target_modules=["q_proj", "v_proj"])
+    a = parse_with_openrlhf(command(lora), tmp_path)
+    assert a["ds"]["lora"] == {"rank": 8, "alpha": 16, "dropout": 0.05,
+                               "target_modules": ["q_proj", "v_proj"]}
+    # 0.11.2 saves only the adapters: they go beside the checkpoints, the merge writes the
+    # rule's output.
+    assert a["ckpt"]["output_dir"] == str(adapter_dir("ck").resolve())
+    assert Path(a["ckpt"]["output_dir"]).parent == Path(a["ckpt"]["path"]).parent
+    # The config's own LoRA settings, as the full-scale run would pass them.
+    a = parse_with_openrlhf(command(with_lora(t)), tmp_path)
+    c = t["lora"]
+    assert a["ds"]["lora"] == {"rank": c["rank"], "alpha": c["alpha"], "dropout": c["dropout"],
+                               "target_modules": c["target_modules"]}
+    # "all-linear" stays OpenRLHF's default string (a list holding it would name a module).
+    a = parse_with_openrlhf(command(with_lora(t, target_modules="all-linear")), tmp_path)
+    assert a["ds"]["lora"]["target_modules"] == "all-linear"
+
+    merge = merge_command(lora, model_path="Qwen/Qwen2.5-1.5B-Instruct", ckpt_dir="ck",
+                          output_dir="results/train/r/model", python="/py")
+    line = shell_command(command(lora), merge)
+    train_part, merge_part = line.split(" && ")
+    assert train_part == shell_command(command(lora))
+    assert shlex.split(merge_part) == merge == [
+        "env", f"PYTHONPATH={REWARD_FILE.parents[1]}", "/py", "-m", "confagg.lora",
+        "Qwen/Qwen2.5-1.5B-Instruct", str(adapter_dir("ck").resolve()),
+        str(Path("results/train/r/model").resolve())]
+
+
 def test_a_wrong_flag_is_rejected_by_openrlhf(full_config, tmp_path):
     argv = command(full_config["training"], n_gpus=1)
     proc = subprocess.run([*harness(tmp_path / "x.json"), *argv[3:],
@@ -258,3 +300,19 @@ def test_dry_run_shows_the_openrlhf_command(tmp_path):
     assert "results/train/confagg-grpo/prompts/train.jsonl" in proc.stdout
     assert "--ds.packing_samples" in proc.stdout
     assert MARKER not in proc.stdout
+    assert "confagg.lora" not in proc.stdout
+
+    # With LoRA the job trains into the adapter folder, then merges into its output; the
+    # log takes both.
+    lora = tmp_path / "lora.yaml"
+    lora.write_text("training: {lora: {enabled: true}}\n")
+    proc = subprocess.run([*cmd, "--configfile", str(REPO / "config.yaml"), str(lora)], cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    ckpt = tmp_path / "results/.progress/train/confagg-grpo"
+    assert f"--ckpt.output_dir {ckpt / 'adapter'} " in proc.stdout
+    assert "--ds.lora.rank 16 --ds.lora.alpha 32 --ds.lora.dropout 0.1" in proc.stdout
+    assert (f"-m confagg.lora Qwen/Qwen2.5-1.5B-Instruct {ckpt / 'adapter'} "
+            f"{tmp_path / 'results/train/confagg-grpo/model'}) > "
+            "logs/train/confagg-grpo/openrlhf.log 2>&1") in proc.stdout

@@ -14,6 +14,10 @@ because the actor scores responses with the whole temperature-scaled softmax
 GRPO's ratio and KL (and 0.11.2 has no rollout top-k flag). Checkpoints: DeepSpeed's,
 rotated at `max_ckpt_num`; no `_hf` copies (OpenRLHF never rotates those), the final
 model goes to `--ckpt.output_dir`.
+
+LoRA (`training.lora`): OpenRLHF's `--ds.lora.*` flags. With them 0.11.2 saves only the
+adapters (and the tokenizer) to `--ckpt.output_dir`, so that points at `adapter_dir`
+and `merge_command` merges them into the rule's output afterwards.
 """
 
 from __future__ import annotations
@@ -84,6 +88,24 @@ def check_lengths(config: dict[str, Any]) -> None:
                           "would not fit")
 
 
+def adapter_dir(ckpt_dir: str | Path) -> Path:
+    """Where OpenRLHF saves the trained adapters: beside its checkpoints (progress, not
+    the rule's output)."""
+    return Path(ckpt_dir).with_name("adapter")
+
+
+def lora_flags(lora: dict[str, Any]) -> list[str]:
+    """OpenRLHF 0.11.2's LoRA flags. `--ds.lora.target_modules` takes names (nargs='*')
+    and its default is the string "all-linear", which peft reads as every linear layer; a
+    list holding "all-linear" would be a module name, so that value is left to the
+    default."""
+    flags = ["--ds.lora.rank", str(lora["rank"]), "--ds.lora.alpha", str(lora["alpha"]),
+             "--ds.lora.dropout", str(lora["dropout"])]
+    if lora["target_modules"] != "all-linear":
+        flags += ["--ds.lora.target_modules", *lora["target_modules"]]
+    return flags
+
+
 def build_command(cfg: dict[str, Any], *, model_path: str, train_path: str, val_path: str,
                   output_dir: str, ckpt_dir: str, n_gpus: int, python: str = "python",
                   tensorboard_dir: str | None = None, run: str = "confagg-grpo") -> list[str]:
@@ -93,6 +115,8 @@ def build_command(cfg: dict[str, Any], *, model_path: str, train_path: str, val_
     nodes = int(o.get("num_nodes", 1))
     n_engines, tp = engines(cfg, n_gpus)
     caps = [c for c in (cfg["max_prompts"], cfg["max_val_prompts"]) if c is not None]
+    lora = cfg["lora"]["enabled"]
+    save_to = adapter_dir(ckpt_dir) if lora else Path(output_dir)
     argv = [
         python, "-m", "openrlhf.cli.train_ppo_ray",
         "--actor.model_name_or_path", model_path,
@@ -133,7 +157,7 @@ def build_command(cfg: dict[str, Any], *, model_path: str, train_path: str, val_
         "--ds.zero_stage", str(o["zero_stage"]),
         "--ds.param_dtype", "bf16",
         "--actor.gradient_checkpointing_enable",
-        "--ckpt.output_dir", str(Path(output_dir).resolve()),
+        "--ckpt.output_dir", str(save_to.resolve()),
         "--ckpt.path", str(Path(ckpt_dir).resolve()),
         "--ckpt.save_steps", str(cfg["save_steps"]),
         "--ckpt.max_num", str(o["max_ckpt_num"]),
@@ -149,12 +173,27 @@ def build_command(cfg: dict[str, Any], *, model_path: str, train_path: str, val_
         argv += ["--logger.tensorboard_dir", str(Path(tensorboard_dir).resolve())]
     if o["colocate_all"]:
         argv += ["--train.colocate_all", "--vllm.enable_sleep", "--ds.enable_sleep"]
+    if lora:
+        argv += lora_flags(cfg["lora"])
     argv += [str(a) for a in o["extra_args"]]
     return argv
 
 
-def shell_command(argv: list[str]) -> str:
+def merge_command(cfg: dict[str, Any], *, model_path: str, ckpt_dir: str, output_dir: str,
+                  python: str = "python") -> list[str] | None:
+    """argv that merges OpenRLHF's saved adapters into `output_dir` (confagg.lora, run by
+    the OpenRLHF environment's interpreter, which has peft; the package is put on its
+    path, as the conda environment does not install it); None without LoRA."""
+    if not cfg["lora"]["enabled"]:
+        return None
+    return ["env", f"PYTHONPATH={REWARD_FILE.parents[1]}", python, "-m", "confagg.lora",
+            model_path, str(adapter_dir(ckpt_dir).resolve()), str(Path(output_dir).resolve())]
+
+
+def shell_command(argv: list[str], merge: list[str] | None = None) -> str:
     """The command as a shell line: W&B is switched on when the environment holds
     WANDB_API_KEY (with WANDB_MODE=offline, wandb.init writes the run locally for a later
-    `wandb sync`); argv then carries only the placeholder, never the key."""
-    return shlex.join(argv) + f" ${{WANDB_API_KEY:+--logger.wandb.key {WANDB_KEY_PLACEHOLDER}}}"
+    `wandb sync`); argv then carries only the placeholder, never the key. `merge`, when
+    given, runs after training succeeds."""
+    line = shlex.join(argv) + f" ${{WANDB_API_KEY:+--logger.wandb.key {WANDB_KEY_PLACEHOLDER}}}"
+    return f"{line} && {shlex.join(merge)}" if merge else line
