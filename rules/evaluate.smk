@@ -3,7 +3,7 @@
 # summary table, the headline and the plots (marked for `snakemake --report`).
 # The benchmark pools come from Stage 1's rules (results/generate/{solver}/{benchmark}).
 
-from confagg.methods import BASE, agg_method, wildcard_pattern  # noqa: E402
+from confagg.methods import agg_method, wildcard_pattern  # noqa: E402
 
 AGG_METHODS = list(config["evaluation"]["agg_methods"])
 # The keys an aggregation job reads: changing n_draws or bootstrap reruns only the
@@ -21,6 +21,9 @@ AGG_KEYS = (
 )
 
 
+include: "evaluate_inputs.smk"
+
+
 rule aggregate:
     input:
         # each method's model and confidence come from confagg/methods.py
@@ -29,11 +32,7 @@ rule aggregate:
                 "samples": f"results/generate/{SOLVER}/{wc.benchmark}/samples.parquet",
                 "dataset": dataset_file(wc.benchmark),
                 "calibration": f"results/curate/{SOLVER}/{TRAIN_DATASET}/calibration.json",
-                "model": (
-                    model_input(AGGREGATOR)
-                    if agg_method(wc.method).model == BASE
-                    else [f"results/train/{wc.run}/model"]
-                ),
+                "model": agg_model_input(wc),
             }
         ),
     output:
@@ -41,11 +40,7 @@ rule aggregate:
     wildcard_constraints:
         method=wildcard_pattern(),
     params:
-        model_path=lambda wc: (
-            model_path(AGGREGATOR)
-            if agg_method(wc.method).model == BASE
-            else f"results/train/{wc.run}/model"
-        ),
+        model_path=agg_model_path,
         vllm=config["vllm"],
         evaluation={k: config["evaluation"][k] for k in AGG_KEYS},
         show_confidence=lambda wc: agg_method(wc.method).show_confidence,

@@ -23,9 +23,12 @@ rule training_prompts:
         mix=f"{PROMPTS}/{{split}}_mix.json",
     wildcard_constraints:
         split="train|val",
+        run=RUN_PATTERN,
     params:
         cap=prompt_cap,
         seed=config["training"]["seed"],
+        # the AggLM run's prompts leave the confidence out
+        show_confidence=run_shows_confidence,
     log:
         "logs/train/{run}/prompts_{split}.log",
     benchmark:
@@ -108,8 +111,8 @@ rule training_curves:
             caption="../workflow/report/training_curves.rst",
         ),
     params:
-        run=RUN,
-        tensorboard=TENSORBOARD.format(run=RUN),
+        runs=TRAIN_RUNS,
+        tensorboards=[TENSORBOARD.format(run=r) for r in TRAIN_RUNS],
     log:
         "logs/train/training_curves.log",
     benchmark:

@@ -1,4 +1,17 @@
 # Input and parameter functions of the training rules (rules/train.smk).
+import re
+
+from confagg.methods import training_runs
+
+AGGLM_RUN = config["training"]["agglm_run"]
+# The confidence run, and the AggLM baseline's when an evaluated method reads its model.
+TRAIN_RUNS = training_runs(config["evaluation"]["agg_methods"], run=RUN, agglm_run=AGGLM_RUN)
+RUN_PATTERN = "|".join(re.escape(r) for r in (RUN, AGGLM_RUN))
+
+
+def run_shows_confidence(wildcards):
+    """The confidence run's prompts show it; the AggLM run's (training.agglm_run) do not."""
+    return wildcards.run != AGGLM_RUN
 
 
 def prompt_inputs(wildcards):
@@ -66,7 +79,8 @@ def openrlhf_reward_env(wildcards):
 
 
 def curves_inputs(wildcards):
-    """TRL's per-step log; OpenRLHF logs steps only to TensorBoard (read after training)."""
+    """Each trained run's TRL per-step log; OpenRLHF logs steps only to TensorBoard (read
+    after training)."""
     if TRAINER == "trl":
-        return {"history": f"results/train/{RUN}/train_log.jsonl"}
-    return {"model": f"results/train/{RUN}/model"}
+        return {"history": [f"results/train/{r}/train_log.jsonl" for r in TRAIN_RUNS]}
+    return {"model": [f"results/train/{r}/model" for r in TRAIN_RUNS]}

@@ -176,8 +176,8 @@ def test_rows_split_and_prompts(tmp_path):
     train_ids = {r["problem_id"] for r in rows if r["problem_id"] not in val}
     assert not train_ids & val                                   # no leakage
     for r in rows:
-        assert set(r) == {"prompt", "answer", "problem_id", "k", "difficulty", "candidate_ids",
-                          "confidences"}
+        assert set(r) == {"prompt", "prompt_noconf", "answer", "problem_id", "k", "difficulty",
+                          "candidate_ids", "confidences"}
         assert isinstance(r["prompt"], str) and r["answer"] == "12"
         assert len(r["candidate_ids"]) == len(r["confidences"]) == 2
         g = samples[r["problem_id"]]
@@ -185,6 +185,9 @@ def test_rows_split_and_prompts(tmp_path):
             assert f"Candidate solution {j + 1} (confidence: {shown:.0f}/100)" in r["prompt"]
             assert g["final_text"][sid] in r["prompt"]
             assert 0 <= shown <= 100
+            # the AggLM baseline's prompt: the same candidates, no confidence
+            assert f"Candidate solution {j + 1}:\n{g['final_text'][sid]}" in r["prompt_noconf"]
+        assert "confidence" not in r["prompt_noconf"]
 
 
 def test_no_sets_names_the_real_cause(tmp_path):
@@ -303,6 +306,9 @@ def test_curation_rules_on_the_real_pipeline(pipeline, bundled_model):
             assert f"Candidate solution {j + 1} (confidence: {label}):\n" in r["prompt"]
             # whole, or shortened from the front with its ending kept
             assert final in r["prompt"] or final[-40:] in r["prompt"]
+            assert f"Candidate solution {j + 1}:\n" in r["prompt_noconf"]
+            assert final in r["prompt_noconf"] or final[-40:] in r["prompt_noconf"]
+        assert "confidence" not in r["prompt_noconf"]
     # the majority's correctness from problems.parquet agrees with the samples' votes
     for p in problems:
         mine = [s for s in samples if s["problem_id"] == p["problem_id"]]

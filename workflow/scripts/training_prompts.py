@@ -1,4 +1,5 @@
-"""Rule training_prompts: the run's seeded draw from a curated split (mix kept)."""
+"""Rule training_prompts: the run's seeded draw from a curated split (mix kept), with
+the prompt of its kind: with confidence, or without (the AggLM baseline's run)."""
 
 import json
 
@@ -9,10 +10,12 @@ from confagg.train_data import select_file
 
 def main(smk):
     log = setup_logging(smk)
-    summary = select_file(smk.input[0], smk.output.rows, smk.params.cap, smk.params.seed)
+    summary = select_file(smk.input[0], smk.output.rows, smk.params.cap, smk.params.seed,
+                          show_confidence=bool(smk.params.show_confidence))
     atomic_write_text(smk.output.mix, json.dumps(summary, indent=1) + "\n")
-    log.info("%s: %d of %d rows kept (cap %s); mix %s", smk.wildcards.split, summary["kept"],
-             summary["rows"], smk.params.cap, summary["kept_mix"])
+    log.info("%s: %d of %d rows kept (cap %s), confidence %s; mix %s", smk.wildcards.split,
+             summary["kept"], summary["rows"], smk.params.cap,
+             "shown" if smk.params.show_confidence else "left out", summary["kept_mix"])
 
 
 if __name__ == "__main__":

@@ -164,6 +164,10 @@ def check_cross_keys(config: dict[str, Any]) -> None:
                          f"per problem of train_dataset '{train}' ({where})")
 
     training = config["training"]
+    if training["agglm_run"] == training["run"]:
+        raise ConfigError(
+            f"config key 'training.agglm_run': '{training['agglm_run']}' is also training.run; "
+            "the AggLM baseline is a second run and needs its own name")
     if training["trainer"] == "trl":
         trl = training["trl"]
         # TRL's GRPOConfig: per_device_train_batch_size x processes (1 here) x

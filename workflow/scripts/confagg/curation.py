@@ -6,7 +6,7 @@
   equal to p% of the hard count (per k), spread over as many problems as possible;
 - training problems that overlap a benchmark (`decontam`) are left out first;
 - prompts through the shared builder with each candidate's confidence (percentile or
-  raw, `confidence_scale`);
+  raw, `confidence_scale`), and the same prompt without it (the AggLM baseline's);
 - a train/val split by problem, and a report (with how well each confidence statistic
   predicts a correct sample, and how many traces are shorter than one window).
 """
@@ -181,7 +181,9 @@ def make_rows(sets: list[dict], samples: dict[str, dict], problems: dict[str, di
               calibration: ConfidenceCalibration, *, show_confidence: bool, scale: str,
               token_budget: int | None, tokenizer, dataset_path: str = "dataset",
               progress: bool = False) -> list[dict[str, Any]]:
-    """One training row per set: the shared prompt and the gold answer (both strings)."""
+    """One training row per set: the shared prompt and the gold answer (both strings), and
+    `prompt_noconf`, the same candidates under the same budget without their confidence
+    (the AggLM baseline's run trains on it)."""
     from tqdm import tqdm
 
     missing = sorted({s["problem_id"] for s in sets} - set(problems))
@@ -193,11 +195,11 @@ def make_rows(sets: list[dict], samples: dict[str, dict], problems: dict[str, di
         g, prob = samples[s["problem_id"]], problems[s["problem_id"]]
         idx = s["candidate_ids"]
         shown = confidence_values(g["conf"][idx], calibration, scale)
-        prompt = build_aggregation_prompt(
-            prob["problem"], [g["final_text"][i] for i in idx], shown,
-            show_confidence=show_confidence, token_budget=token_budget, tokenizer=tokenizer,
-            scale=scale)
-        rows.append({"prompt": prompt, "answer": str(prob["answer"]),
+        args = (prob["problem"], [g["final_text"][i] for i in idx], shown)
+        kw = dict(token_budget=token_budget, tokenizer=tokenizer, scale=scale)
+        prompt = build_aggregation_prompt(*args, show_confidence=show_confidence, **kw)
+        noconf = build_aggregation_prompt(*args, show_confidence=False, **kw)
+        rows.append({"prompt": prompt, "prompt_noconf": noconf, "answer": str(prob["answer"]),
                      "problem_id": s["problem_id"], "k": s["k"], "difficulty": s["difficulty"],
                      "candidate_ids": [int(g["sample_idx"][i]) for i in idx],
                      "confidences": shown})

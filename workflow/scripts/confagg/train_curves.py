@@ -1,7 +1,8 @@
 """Training curves per step: reward, KL, response length and gradient norm.
 
 Reads TRL's train_log.jsonl or OpenRLHF's TensorBoard events (its only per-step log);
-each panel takes the first of its metric's names that the log holds.
+each panel takes the first of its metric's names that the log holds. Several runs (the
+confidence run and the AggLM baseline's) share one figure, a line per run.
 """
 
 from __future__ import annotations
@@ -57,28 +58,44 @@ def series(rows: list[dict[str, Any]], names: tuple[str, ...]) -> tuple[str | No
     return None, [], []
 
 
-def plot(rows: list[dict[str, Any]], out: str | Path, title: str) -> dict[str, str | None]:
-    """A 2 x 2 figure of the curves; returns which metric each panel shows."""
+def plot(runs: list[dict[str, Any]] | dict[str, list[dict[str, Any]]], out: str | Path,
+         title: str) -> dict[str, str | None]:
+    """A 2 x 2 figure of the curves of one run's rows, or of several runs ({run: rows}:
+    a line per run, labelled); returns which metric each panel shows."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    labelled = isinstance(runs, dict)
+    by_run = runs if labelled else {None: runs}
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
     shown = {}
     for ax, (label, names) in zip(axes.flat, CURVES.items()):
-        name, x, y = series(rows, names)
+        found = []
+        for run, rows in by_run.items():
+            name, x, y = series(rows, names)
+            if name is not None:
+                found.append(name)
+                ax.plot(x, y, marker="o" if len(x) < 30 else None, lw=1.2, label=run)
+        name = found[0] if found else None
         shown[label] = name
         if name is None:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
-        else:
-            ax.plot(x, y, marker="o" if len(x) < 30 else None, lw=1.2)
         ax.set_title(label if name is None else f"{label} [{name}]", fontsize=10)
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole
     for ax in axes[1]:
         ax.set_xlabel("step")
+    if labelled:
+        handles, names = axes.flat[0].get_legend_handles_labels()
+        for ax in axes.flat[1:]:  # a run that logged no reward still gets its entry
+            for h, n in zip(*ax.get_legend_handles_labels()):
+                if n not in names:
+                    handles.append(h)
+                    names.append(n)
+        fig.legend(handles, names, loc="upper right", fontsize=9, title="run")
     fig.suptitle(title)
     fig.tight_layout()
     Path(out).parent.mkdir(parents=True, exist_ok=True)

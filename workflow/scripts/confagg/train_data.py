@@ -4,7 +4,8 @@
 mix, i.e. the share of every (k, difficulty) stratum that curation made (AggLM's
 hard sets plus easy_percent% easy ones, per k), by largest-remainder allocation. Each
 stratum is drawn with its own seeded generator, and the chosen rows keep their file
-order, so a run's prompts depend only on the split, the cap and the seed.
+order, so a run's prompts depend only on the split, the cap and the seed: the AggLM
+baseline's run (no confidence) draws the same sets as the confidence run.
 """
 
 from __future__ import annotations
@@ -68,14 +69,36 @@ def mix(rows: list[dict[str, Any]]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def select_file(src: str, dst: str, cap: int | None, seed: int) -> dict[str, Any]:
-    """Write the drawn rows of `src` to `dst`; returns the mix before and after."""
+def run_prompts(rows: list[dict[str, Any]], show_confidence: bool, path: str
+                ) -> list[dict[str, Any]]:
+    """The rows as the run reads them: one `prompt` (the curated one, or for a run without
+    confidence the curated `prompt_noconf` and no confidence values), the answer and the
+    set's metadata. A missing prompt is an error naming the row."""
+    key = "prompt" if show_confidence else "prompt_noconf"
+    out = []
+    for i, r in enumerate(rows, start=1):
+        if not isinstance(r.get(key), str) or not r[key]:
+            raise DataError(path, f"{key} must be a non-empty string (curated by "
+                            "rule aggregation_sets)", row=i, field=key)
+        row = {k: v for k, v in r.items() if k not in ("prompt", "prompt_noconf")}
+        if not show_confidence:
+            row.pop("confidences", None)
+        out.append({"prompt": r[key], **row})
+    return out
+
+
+def select_file(src: str, dst: str, cap: int | None, seed: int, *,
+                show_confidence: bool = True) -> dict[str, Any]:
+    """Write the drawn rows of `src` to `dst` with the run's prompt (`run_prompts`);
+    returns the mix before and after. Runs with and without confidence draw the same
+    rows."""
     from .io import write_jsonl
 
     rows = read_jsonl(src)
     if not rows:
         raise DataError(src, "no rows")
-    kept = draw(rows, cap, seed, src)
+    prompts = run_prompts(rows, show_confidence, src)
+    kept = draw(prompts, cap, seed, src)
     write_jsonl(dst, kept)
     return {"path": src, "rows": len(rows), "kept": len(kept), "mix": mix(rows),
             "kept_mix": mix(kept)}
