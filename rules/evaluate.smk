@@ -77,7 +77,9 @@ rule evaluate_benchmark:
             method=AGG_METHODS,
         ),
     output:
-        "results/evaluate/{run}/{benchmark}/metrics.parquet",
+        metrics="results/evaluate/{run}/{benchmark}/metrics.parquet",
+        # aggregator against aggregator at the same m (confagg.methods.COMPARISONS)
+        paired="results/evaluate/{run}/{benchmark}/paired.parquet",
     params:
         metric=config["curation"]["confidence_metric"],
         methods=AGG_METHODS,
@@ -102,6 +104,9 @@ rule report:
         metrics=expand(
             "results/evaluate/{run}/{benchmark}/metrics.parquet", run=RUN, benchmark=BENCHMARKS
         ),
+        paired=expand(
+            "results/evaluate/{run}/{benchmark}/paired.parquet", run=RUN, benchmark=BENCHMARKS
+        ),
         overlap=expand("results/evaluate/overlap/{benchmark}.json", benchmark=BENCHMARKS),
     output:
         csv=report(
@@ -115,6 +120,12 @@ rule report:
             category="Evaluation",
             labels={"figure": "summary with headline"},
             caption="../workflow/report/summary_md.rst",
+        ),
+        paired_csv=report(
+            "results/report/paired_differences.csv",
+            category="Evaluation",
+            labels={"figure": "paired differences between aggregators"},
+            caption="../workflow/report/paired_differences.rst",
         ),
         samples_png=report(
             "results/report/accuracy_vs_samples.png",
@@ -142,6 +153,7 @@ TARGETS.extend(
     [
         "results/report/summary.csv",
         "results/report/summary.md",
+        "results/report/paired_differences.csv",
         "results/report/accuracy_vs_samples.png",
         "results/report/accuracy_vs_tokens.png",
     ]

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
+from confagg.estimators import aggregator_differences
+from confagg.methods import COMPARISONS
 from confagg.report import (
+    PAIRED_COLUMNS,
     headline,
     metrics_table,
+    paired_csv,
     plot,
     summary_markdown,
     verdict,
@@ -163,3 +168,91 @@ def test_plots_have_one_panel_per_benchmark(tmp_path, n_bench):
         assert count_panels(path) == n_bench
     with pytest.raises(ValueError, match="x must be"):
         plot(rows, tmp_path / "bad.png", x="accuracy")
+
+
+# ------------------------------------------------- paired differences between aggregators
+
+# Each aggregator's correctness per (problem, m): the S x A answers of that problem's sets.
+ANSWERS = {
+    "conf_agg": {1: {"a": [1, 1], "b": [0, 1], "c": [1, 1], "d": [0, 0]},
+                 2: {"a": [1, 1], "b": [1, 1], "c": [0, 1], "d": [1, 0]}},
+    "agglm": {1: {"a": [0, 1], "b": [0, 0], "c": [1, 1], "d": [1, 1]},
+              2: {"a": [1, 1], "b": [0, 1], "c": [0, 0], "d": [0, 0]}},
+    # agg_prompted: conf_agg's accuracy minus 0.5 on every problem at m=2 (the paired
+    # interval is then one point, however much the problems differ)
+    "agg_prompted": {1: {"a": [0, 0], "b": [0, 0], "c": [0, 1], "d": [0, 0]},
+                     2: {"a": [0, 1], "b": [0, 1], "c": [0, 0], "d": [0, 0]}},
+}
+
+
+def per_problem(method):
+    return {m: {p: float(np.mean(v)) for p, v in by_p.items()}
+            for m, by_p in ANSWERS[method].items()}
+
+
+def exact_bootstrap(diffs, q):
+    """The q-quantile of the mean of a resample with replacement, over all n^n resamples
+    (each equally likely): the distribution a paired bootstrap estimates."""
+    means = sorted(np.mean(c) for c in itertools.product(diffs, repeat=len(diffs)))
+    return means[min(len(means) - 1, int(q * len(means)))]
+
+
+def test_paired_differences_between_aggregators_by_brute_force():
+    by_method = {m: per_problem(m) for m in ANSWERS}
+    rows = aggregator_differences(by_method, COMPARISONS, n_boot=20000, seed=0)
+    got = {(r["method"], r["baseline"], r["budget"]): r for r in rows}
+    # conf_agg_noconf was not evaluated: its comparison is left out
+    assert set(got) == {(a, b, m) for a, b in [("conf_agg", "agg_prompted"),
+                                               ("conf_agg", "agglm")] for m in (1, 2)}
+    for (a, b, m), r in got.items():
+        diffs = [np.mean(ANSWERS[a][m][p]) - np.mean(ANSWERS[b][m][p]) for p in "abcd"]
+        assert r["n_problems"] == 4
+        assert r["diff"] == pytest.approx(np.mean(diffs))
+        # the percentile interval lies between the exact 1% and 5% (95% and 99%) points
+        # of the bootstrap distribution
+        assert exact_bootstrap(diffs, 0.01) - 1e-9 <= r["diff_low"] \
+            <= exact_bootstrap(diffs, 0.05) + 1e-9, (a, b, m, r)
+        assert exact_bootstrap(diffs, 0.95) - 1e-9 <= r["diff_high"] \
+            <= exact_bootstrap(diffs, 0.99) + 1e-9, (a, b, m, r)
+    # problems resampled with both their values: a constant difference has no spread
+    r = got[("conf_agg", "agg_prompted", 2)]
+    assert r["diff"] == r["diff_low"] == r["diff_high"] == pytest.approx(0.5)
+    q = {c[0:2]: c[2] for c in COMPARISONS}
+    assert r["question"] == q[("conf_agg", "agg_prompted")]
+
+
+def test_paired_differences_need_the_same_problems():
+    by_method = {m: per_problem(m) for m in ("conf_agg", "agglm")}
+    del by_method["agglm"][2]["d"]
+    with pytest.raises(ValueError, match=r"conf_agg and agglm at m=2: problems differ "
+                                         r"\(only in conf_agg: \['d'\]"):
+        aggregator_differences(by_method, COMPARISONS, n_boot=100, seed=0)
+
+
+def test_paired_table_in_the_summary(tmp_path):
+    metrics = rows_for("X", MAJ, [(1, 0.45, 150, (-0.1, -0.3, 0.1)),
+                                  (2, 0.56, 260, (0.01, -0.01, 0.03))])
+    paired = [{"benchmark": "X", **r} for r in aggregator_differences(
+        {m: per_problem(m) for m in ANSWERS}, COMPARISONS, n_boot=500, seed=0)]
+    write_summary(metrics, tmp_path / "s.csv", tmp_path / "s.md", paired=paired,
+                  paired_csv_path=tmp_path / "p.csv")
+    md = (tmp_path / "s.md").read_text()
+    assert md == summary_markdown(metrics, paired=paired)
+    section = md.split("Paired differences between aggregators at the same m")[1]
+    by = {(r["method"], r["baseline"], r["budget"]): r for r in paired}
+    for (a, b), question in [(("conf_agg", "agg_prompted"), "value of training"),
+                             (("conf_agg", "agglm"), "value of confidence")]:
+        cells = " | ".join(
+            f"{100 * by[(a, b, m)]['diff']:+.1f} [{100 * by[(a, b, m)]['diff_low']:+.1f}, "
+            f"{100 * by[(a, b, m)]['diff_high']:+.1f}] "
+            f"{verdict(by[(a, b, m)]['diff_low'], by[(a, b, m)]['diff_high'])}"
+            for m in (1, 2))
+        assert f"| {a} - {b} ({question}) | {cells} |" in section
+    table = list(csv.DictReader(io.StringIO((tmp_path / "p.csv").read_text())))
+    assert list(table[0]) == PAIRED_COLUMNS
+    assert (tmp_path / "p.csv").read_text() == paired_csv(paired)
+    assert {(r["method"], r["baseline"], int(r["budget"])) for r in table} == set(by)
+    for r in table:
+        want = by[(r["method"], r["baseline"], int(r["budget"]))]
+        assert float(r["diff"]) == pytest.approx(want["diff"], abs=1e-6)
+        assert r["verdict"] == verdict(want["diff_low"], want["diff_high"])

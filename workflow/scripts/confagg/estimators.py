@@ -308,3 +308,28 @@ def reference_accuracy(per_problem: dict) -> tuple[str, dict[str, float]]:
         raise ValueError(f"{REFERENCE_METHOD} was not evaluated: nothing to compare with")
     top = max(budgets)
     return f"{REFERENCE_METHOD}@{top}", per_problem[(REFERENCE_METHOD, top)]
+
+
+def aggregator_differences(by_method: dict[str, dict[int, dict[str, float]]], comparisons,
+                           *, n_boot: int, seed: int) -> list[dict]:
+    """Rows {method, baseline, question, budget, n_problems, diff, diff_low, diff_high}:
+    for each (method, baseline, question) of `comparisons` whose two methods are in
+    `by_method` ({method: {m: {problem: accuracy}}}), at each m both have, the paired
+    difference method - baseline on the same problems (paired_difference). The aggregators
+    answer the same seeded candidate sets, so the pairs share problems and sets."""
+    rows = []
+    for method, baseline, question in comparisons:
+        if method not in by_method or baseline not in by_method:
+            continue
+        a, b = by_method[method], by_method[baseline]
+        for m in sorted(a.keys() & b.keys()):
+            if a[m].keys() != b[m].keys():
+                raise ValueError(
+                    f"{method} and {baseline} at m={m}: problems differ (only in {method}: "
+                    f"{sorted(a[m].keys() - b[m].keys())[:3]}, only in {baseline}: "
+                    f"{sorted(b[m].keys() - a[m].keys())[:3]})")
+            diff, lo, hi = paired_difference(a[m], b[m], n_boot, np.random.default_rng([seed, m]))
+            rows.append({"method": method, "baseline": baseline, "question": question,
+                         "budget": m, "n_problems": len(a[m]), "diff": diff, "diff_low": lo,
+                         "diff_high": hi})
+    return rows

@@ -7,6 +7,10 @@ bootstrap interval, and the mean generated tokens per problem behind it (solver 
 aggregator). An aggregator's row also holds its paired difference from the reference
 (`diff_ref`, e.g. "majority@8": majority voting at the largest budget) on the same
 problems, with a 95% paired bootstrap interval; empty for the model-free methods.
+
+A paired row (PAIRED_COLUMNS) compares two aggregators at the same m on the same
+problems and candidate sets (confagg.methods.COMPARISONS): conf_agg - agg_prompted is
+the value of training, conf_agg - agglm the value of confidence.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import pyarrow as pa
 
 from .estimators import MODEL_FREE
 from .io import atomic_write_text
-from .methods import AGG_METHODS
+from .methods import AGG_METHODS, COMPARISONS
 
 SUMMARY_COLUMNS = ["benchmark", "method", "budget", "accuracy", "ci_low", "ci_high",
                    "mean_tokens", "diff_ref", "diff", "diff_low", "diff_high"]
@@ -33,6 +37,13 @@ METRICS_SCHEMA = pa.schema([
     ("diff_ref", pa.string()), ("diff", pa.float64()), ("diff_low", pa.float64()),
     ("diff_high", pa.float64()),
 ])
+PAIRED_COLUMNS = ["benchmark", "method", "baseline", "question", "budget", "n_problems",
+                  "diff", "diff_low", "diff_high", "verdict"]
+PAIRED_SCHEMA = pa.schema([
+    ("benchmark", pa.string()), ("method", pa.string()), ("baseline", pa.string()),
+    ("question", pa.string()), ("budget", pa.int32()), ("n_problems", pa.int32()),
+    ("diff", pa.float64()), ("diff_low", pa.float64()), ("diff_high", pa.float64()),
+])
 # One fixed colour per method, the same in every panel and both plots (tab10 has ten).
 COLORS = dict(zip(METHOD_ORDER, [f"C{i}" for i in range(10)]))
 # An aggregator "matches" the reference when the lower bound of the paired 95% interval
@@ -43,6 +54,11 @@ MATCH_MARGIN = 0.02
 def metrics_table(benchmark: str, rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist([{"benchmark": benchmark, **r} for r in rows],
                                 schema=METRICS_SCHEMA)
+
+
+def paired_table(benchmark: str, rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist([{"benchmark": benchmark, **r} for r in rows],
+                                schema=PAIRED_SCHEMA)
 
 
 def _rank(method: str) -> tuple[int, str]:
@@ -123,9 +139,51 @@ def summary_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def summary_markdown(rows: list[dict], margin: float = MATCH_MARGIN) -> str:
+def _pair_rank(r: dict) -> tuple:
+    pairs = [(a, b) for a, b, _ in COMPARISONS]
+    key = (r["method"], r["baseline"])
+    return (pairs.index(key) if key in pairs else len(pairs), key, r["budget"])
+
+
+def paired_csv(paired: list[dict], margin: float = MATCH_MARGIN) -> str:
+    """The paired differences between aggregators as CSV text, with each verdict."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=PAIRED_COLUMNS, extrasaction="ignore",
+                       lineterminator="\n")
+    w.writeheader()
+    for r in sorted(paired, key=lambda r: (r["benchmark"], *_pair_rank(r))):
+        row = {**r, "verdict": verdict(r["diff_low"], r["diff_high"], margin)}
+        w.writerow({k: (round(v, 6) if isinstance(v, float) else v)
+                    for k in PAIRED_COLUMNS for v in [row.get(k)]})
+    return buf.getvalue()
+
+
+def paired_markdown(paired: list[dict], margin: float = MATCH_MARGIN) -> list[str]:
+    """One benchmark's table of paired differences between aggregators (lines)."""
+    if not paired:
+        return []
+    budgets = sorted({r["budget"] for r in paired})
+    lines = ["", "Paired differences between aggregators at the same m (points; the same "
+                 f"problems and candidate sets, {paired[0]['n_problems']} problems):", "",
+             "| method - baseline | " + " | ".join(f"m={b}" for b in budgets) + " |",
+             "|---|" + "---|" * len(budgets)]
+    pairs = sorted({(r["method"], r["baseline"], r["question"]) for r in paired},
+                   key=lambda p: _pair_rank({"method": p[0], "baseline": p[1], "budget": 0}))
+    for a, b, question in pairs:
+        cells = {r["budget"]: f"{_points(r).replace(' points', '')} "
+                              f"{verdict(r['diff_low'], r['diff_high'], margin)}"
+                 for r in paired if (r["method"], r["baseline"]) == (a, b)}
+        lines.append(f"| {a} - {b} ({question}) | "
+                     + " | ".join(cells.get(m, "") for m in budgets) + " |")
+    return lines
+
+
+def summary_markdown(rows: list[dict], margin: float = MATCH_MARGIN,
+                     paired: list[dict] | None = None) -> str:
     """Per benchmark: the headline, accuracy with its interval, each aggregator's paired
-    difference from the reference, and tokens per problem."""
+    difference from the reference, the paired differences between aggregators at the
+    same m (`paired`), and tokens per problem."""
+    between = paired or []
     lines = ["# Conf-AggLLM evaluation", "",
              "Accuracy (%) with its 95% bootstrap interval over problems, by method and budget "
              "m: solver samples for the voting methods, candidates shown to the aggregator "
@@ -136,7 +194,12 @@ def summary_markdown(rows: list[dict], margin: float = MATCH_MARGIN) -> str:
              "bootstrap interval (problems resampled with both their values). It *matches* "
              f"when the interval's lower bound is above {-100 * margin:g} points, *beats* when "
              "above 0, *falls short* when the whole interval is below 0, and is *not "
-             "distinguishable* otherwise.", ""]
+             "distinguishable* otherwise.", "",
+             "Aggregators are also compared with each other at the same m, on the same "
+             "problems and the same seeded candidate sets, with the same paired interval and "
+             "verdicts: `conf_agg - agg_prompted` is the value of training, `conf_agg - "
+             "agglm` (AggLM, trained on the same sets without confidence) the value of "
+             "confidence.", ""]
     for bench in sorted({r["benchmark"] for r in rows}):
         br = [r for r in rows if r["benchmark"] == bench]
         budgets = sorted({r["budget"] for r in br})
@@ -160,6 +223,7 @@ def summary_markdown(rows: list[dict], margin: float = MATCH_MARGIN) -> str:
                                   f"{verdict(r['diff_low'], r['diff_high'], margin)}"
                      for r in paired if r["method"] == meth}
             lines.append(f"| {meth} | " + " | ".join(cells.get(b, "") for b in budgets) + " |")
+        lines += paired_markdown([r for r in between if r["benchmark"] == bench], margin)
         lines += ["", "Generated tokens per problem:", "", header, rule]
         for meth in _ordered(r["method"] for r in br):
             cells = {r["budget"]: f"{r['mean_tokens']:.0f}" for r in br if r["method"] == meth}
@@ -183,9 +247,12 @@ def overlap_markdown(overlaps: list[dict]) -> str:
 
 
 def write_summary(rows: list[dict], csv_path: str | Path, md_path: str | Path,
-                  overlaps: list[dict] | None = None) -> None:
+                  overlaps: list[dict] | None = None, paired: list[dict] | None = None,
+                  paired_csv_path: str | Path | None = None) -> None:
     atomic_write_text(csv_path, summary_csv(rows))
-    md = summary_markdown(rows)
+    if paired_csv_path is not None:
+        atomic_write_text(paired_csv_path, paired_csv(paired or []))
+    md = summary_markdown(rows, paired=paired)
     if overlaps:
         md += "\n" + overlap_markdown(overlaps)
     atomic_write_text(md_path, md)
