@@ -12,7 +12,7 @@ import pytest
 import torch
 from confagg.config import load_config
 from confagg.io import DataError, write_jsonl
-from confagg.train_trl import load_prompts, train
+from confagg.train_trl import checkpoint_fingerprint, load_prompts, train
 from conftest import REPO, VLLM_LOCK, _FileLock
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -93,6 +93,25 @@ if __name__ == "__main__":
     out = llm.generate(["What is 1 + 1?"], SamplingParams(max_tokens=8, temperature=0))
     print("GENERATED:", len(out[0].outputs[0].token_ids))
 """
+
+
+def test_lora_settings_are_in_the_checkpoint_fingerprint(tmp_path):
+    """A resumed LoRA run must continue its own adapters: other LoRA settings discard the
+    checkpoints (keep_matching_checkpoints), as any other setting does."""
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "p", "answer": "1"}\n')
+    cfg = trl_config()
+
+    def fp(**lora):
+        c = json.loads(json.dumps(cfg))
+        c["lora"].update(lora)
+        return checkpoint_fingerprint(c, model_path="m", train_path=str(data), use_cpu=True)
+
+    on = fp(enabled=True)
+    assert on == fp(enabled=True) != fp(enabled=False)
+    for key, value in [("rank", 4), ("alpha", 8), ("dropout", 0.0),
+                       ("target_modules", ["q_proj", "v_proj"])]:
+        assert fp(enabled=True, **{key: value}) != on, key
 
 
 def test_pipeline_trains_and_vllm_loads_the_checkpoint(pipeline, bundled_model, tmp_path):

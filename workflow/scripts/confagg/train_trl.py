@@ -2,7 +2,10 @@
 as the OpenRLHF path. Checkpoints go to a progress folder outside the rule's output,
 so a killed run resumes from its last checkpoint (checkpoints made with other settings
 or data are discarded first); the final model and tokenizer are saved with
-save_pretrained. Each logged step is appended to train_log.jsonl as it happens and to
+save_pretrained. With `lora.enabled` peft's adapters are trained (GRPOTrainer's
+`peft_config`; the reference is the base with the adapters switched off, so no second
+copy of the model is held) and merged into the base before saving, so the output is a
+full model either way. Each logged step is appended to train_log.jsonl as it happens and to
 TensorBoard (`report_to` tensorboard)."""
 
 from __future__ import annotations
@@ -115,6 +118,7 @@ def train(cfg: dict[str, Any], *, model_path: str, train_path: str,
     from transformers.integrations import TensorBoardCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    from .lora import check_targets, lora_config, save_model
     from .reward import configure, trl_reward
 
     configure(**cfg["reward"])  # training.reward (+ grading.timeout_s from the rule)
@@ -128,6 +132,10 @@ def train(cfg: dict[str, Any], *, model_path: str, train_path: str,
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(
         model_path, dtype=torch.float32 if use_cpu else torch.bfloat16)
+    peft_config = None
+    if cfg["lora"]["enabled"]:
+        check_targets(model, cfg["lora"]["target_modules"])
+        peft_config = lora_config(cfg["lora"])
     args = GRPOConfig(
         output_dir=str(ckpt_dir),
         num_generations=cfg["group_size"],
@@ -149,7 +157,11 @@ def train(cfg: dict[str, Any], *, model_path: str, train_path: str,
     )
     trainer = GRPOTrainer(model=model, reward_funcs=trl_reward, args=args,
                           train_dataset=train_ds, processing_class=tokenizer,
-                          callbacks=[step_logger(log_path), *(callbacks or [])])
+                          peft_config=peft_config, callbacks=[step_logger(log_path), *(callbacks or [])])
+    if peft_config is not None:
+        n = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        log.info("LoRA r=%d alpha=%d on %s: %d trainable parameters", peft_config.r,
+                 peft_config.lora_alpha, cfg["lora"]["target_modules"], n)
     # report_to's callback writes under output_dir/runs; point it at the run's folder.
     tb_dir = Path(tensorboard_dir) if tensorboard_dir else Path(ckpt_dir) / "tensorboard"
     tb_dir.mkdir(parents=True, exist_ok=True)
@@ -159,13 +171,7 @@ def train(cfg: dict[str, Any], *, model_path: str, train_path: str,
     if resume:
         log.info("resuming from %s", resume)
     trainer.train(resume_from_checkpoint=resume)
-    tmp = Path(output_dir).with_name(f".{Path(output_dir).name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    if Path(output_dir).exists():
-        shutil.rmtree(output_dir)
-    tmp.rename(output_dir)
+    save_model(trainer.accelerator.unwrap_model(trainer.model), tokenizer, output_dir)
     history = [h for h in trainer.state.log_history if "reward" in h]
     atomic_write_text(log_path, "".join(json.dumps(h) + "\n" for h in history))
     return {"steps": trainer.state.global_step, "resumed_from": resume,
