@@ -47,6 +47,7 @@ rule aggregate:
         token_budget=config["curation"]["prompt_token_budget"],
         # the scale the aggregator was trained on (percentile or raw)
         confidence_scale=config["curation"]["confidence_scale"],
+        prompt_style=config["curation"]["prompt_style"],
         # answers extracted as the reward does (training.reward.require_boxed)
         grading={
             **config["grading"],

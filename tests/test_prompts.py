@@ -54,6 +54,30 @@ def test_confidence_can_be_hidden():
     assert "Candidate solution 2:\nb" in p
 
 
+def test_brief_style_is_short_and_keeps_what_the_aggregator_needs(tokenizer):
+    cands, conf = ["2+3=5 so \\boxed{5}", "It is \\boxed{6}"], [91.6, 12.0]
+    brief = build_aggregation_prompt("What is 2+3?", cands, conf, style="brief")
+    assert brief.startswith("Problem:\nWhat is 2+3?\n")
+    assert "Solution 1 (confidence: 92/100):\n2+3=5 so \\boxed{5}" in brief
+    assert "Solution 2 (confidence: 12/100):\nIt is \\boxed{6}" in brief
+    assert "higher confidence" in brief.lower() and brief.rstrip().endswith("\\boxed{answer}.")
+    hidden = build_aggregation_prompt("What is 2+3?", cands, conf, style="brief",
+                                      show_confidence=False)
+    assert "confidence" not in hidden.lower() and "Solution 2:\nIt is" in hidden
+    agglm = build_aggregation_prompt("What is 2+3?", cands, conf)
+
+    def n(s):
+        return len(tokenizer.encode(s, add_special_tokens=False))
+
+    assert n(brief) < n(agglm) - 50  # the instruction is most of a short prompt
+    long_a = " ".join(f"step{i} of the reasoning" for i in range(400)) + " so \\boxed{17}"
+    cut = build_aggregation_prompt("Find x.", [long_a, "\\boxed{5}"], [10.0, 50.0],
+                                   token_budget=256, tokenizer=tokenizer, style="brief")
+    assert n(cut) <= 256 and "\\boxed{17}" in cut and TRUNCATION_MARKER in cut
+    with pytest.raises(ValueError, match="unknown prompt style 'terse'"):
+        build_aggregation_prompt("Q", ["a"], [1.0], style="terse")
+
+
 def test_mismatched_inputs_are_errors():
     with pytest.raises(ValueError, match="2 candidates but 1 confidences"):
         build_aggregation_prompt("Q", ["a", "b"], [1.0])

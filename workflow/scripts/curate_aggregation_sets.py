@@ -37,7 +37,7 @@ def main(smk):
         sets, samples, curation.load_problems(smk.input.dataset), calibration,
         show_confidence=True, scale=c["confidence_scale"],
         token_budget=c["prompt_token_budget"], tokenizer=tokenizer,
-        dataset_path=smk.input.dataset, progress=True)
+        dataset_path=smk.input.dataset, progress=True, style=c["prompt_style"])
     write_jsonl(smk.output.train, [r for r in rows if r["problem_id"] not in val_ids])
     write_jsonl(smk.output.val, [r for r in rows if r["problem_id"] in val_ids])
     write_parquet(smk.output.sets, curation.sets_table(sets, rows, val_ids))

@@ -16,7 +16,7 @@ def main(smk):
         vllm_cfg=dict(p.vllm), evaluation=dict(p.evaluation),
         show_confidence=bool(p.show_confidence), token_budget=p.token_budget,
         grading=dict(p.grading), out_path=smk.output[0], progress_dir=p.progress_dir,
-        confidence_scale=p.confidence_scale)
+        confidence_scale=p.confidence_scale, prompt_style=p.prompt_style)
     log.info("wrote %d aggregations to %s", rows, smk.output[0])
 
 

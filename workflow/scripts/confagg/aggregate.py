@@ -100,7 +100,8 @@ def _done_keys(progress) -> set[tuple[int, str, int]]:
 def run_aggregation(*, samples_path: str, dataset_path: str, calibration_path: str,
                     model_path: str, vllm_cfg: dict, evaluation: dict, show_confidence: bool,
                     token_budget: int | None, grading: dict, out_path: str,
-                    progress_dir: str, confidence_scale: str = "percentile") -> int:
+                    progress_dir: str, confidence_scale: str = "percentile",
+                    prompt_style: str = "agglm") -> int:
     """Aggregate every set of every budget; writes AGG_SCHEMA rows to out_path."""
     from tqdm import tqdm
 
@@ -127,6 +128,8 @@ def run_aggregation(*, samples_path: str, dataset_path: str, calibration_path: s
     boxed_only = bool(grading.get("require_boxed", True))  # as the reward extracts
     # parts extracted the other way are not reused (the default keeps earlier parts valid)
     fp_eval = evaluation if boxed_only else {**evaluation, "require_boxed": False}
+    if prompt_style != "agglm":  # the default adds no key: earlier parts stay valid
+        fp_eval = {**fp_eval, "prompt_style": prompt_style}
     progress = ShardProgress(progress_dir, progress_fingerprint(
         model_path=model_path, evaluation=fp_eval, show_confidence=show_confidence,
         token_budget=token_budget, calibration_path=calibration_path, sets=sets,
@@ -158,7 +161,7 @@ def run_aggregation(*, samples_path: str, dataset_path: str, calibration_path: s
                         problems[s["problem_id"]]["problem"], [g["final_text"][i] for i in idx],
                         confidence_values(g["conf"][idx], cal, confidence_scale),
                         show_confidence=show_confidence, token_budget=token_budget,
-                        tokenizer=tokenizer, scale=confidence_scale))
+                        tokenizer=tokenizer, scale=confidence_scale, style=prompt_style))
                 prompts = chat_prompts(tokenizer, texts, None, {})
                 for s, prompt in zip(batch, prompts):
                     n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])

@@ -180,10 +180,10 @@ def split_problems(problem_ids: list[str], val_fraction: float, seed: int) -> se
 def make_rows(sets: list[dict], samples: dict[str, dict], problems: dict[str, dict],
               calibration: ConfidenceCalibration, *, show_confidence: bool, scale: str,
               token_budget: int | None, tokenizer, dataset_path: str = "dataset",
-              progress: bool = False) -> list[dict[str, Any]]:
+              progress: bool = False, style: str = "agglm") -> list[dict[str, Any]]:
     """One training row per set: the shared prompt and the gold answer (both strings), and
     `prompt_noconf`, the same candidates under the same budget without their confidence
-    (the AggLM baseline's run trains on it)."""
+    (the AggLM baseline's run trains on it); `style` is the prompts' wording."""
     from tqdm import tqdm
 
     missing = sorted({s["problem_id"] for s in sets} - set(problems))
@@ -196,7 +196,7 @@ def make_rows(sets: list[dict], samples: dict[str, dict], problems: dict[str, di
         idx = s["candidate_ids"]
         shown = confidence_values(g["conf"][idx], calibration, scale)
         args = (prob["problem"], [g["final_text"][i] for i in idx], shown)
-        kw = dict(token_budget=token_budget, tokenizer=tokenizer, scale=scale)
+        kw = dict(token_budget=token_budget, tokenizer=tokenizer, scale=scale, style=style)
         prompt = build_aggregation_prompt(*args, show_confidence=show_confidence, **kw)
         noconf = build_aggregation_prompt(*args, show_confidence=False, **kw)
         rows.append({"prompt": prompt, "prompt_noconf": noconf, "answer": str(prob["answer"]),

@@ -9,6 +9,11 @@ scales (`curation.confidence_scale`), and the instruction says which: `percentil
 DeepConf statistic itself, shown with two decimals). When a token budget is set
 and the candidates do not fit, each is shortened from the front of its reasoning
 with a visible marker, so its ending (where the answer is) survives.
+
+Two wordings (`curation.prompt_style`): `agglm`, the paper's long instruction, for the
+full-scale models; `brief`, one short line, for small models (the bundled 135M one
+follows a short instruction better, and a GRPO step on the CPU costs in proportion to
+the prompt's tokens).
 """
 
 from __future__ import annotations
@@ -42,6 +47,12 @@ CONF_NOTES = {
         "often right, but not always. "),
 }
 SCALES = tuple(CONF_NOTES)
+BRIEF_INSTRUCTION = "{conf_note}Give the correct final answer as \\boxed{{answer}}."
+BRIEF_CONF_NOTES = {
+    "percentile": "A higher confidence (0 to 100) is more often right. ",
+    "raw": "A higher confidence is more often right. ",
+}
+STYLES = ("agglm", "brief")
 
 
 class ConfidenceCalibration:
@@ -113,29 +124,33 @@ def _truncate_front(text: str, max_tokens: int, tokenizer) -> str:
 
 
 def _render(problem: str, candidates: Sequence[str], confidences: Sequence[float | None],
-            show_confidence: bool, scale: str) -> str:
+            show_confidence: bool, scale: str, style: str = "agglm") -> str:
+    brief = style == "brief"
     parts = [f"Problem:\n{problem.strip()}\n"]
     for i, cand in enumerate(candidates, start=1):
-        header = f"Candidate solution {i}"
+        header = f"{'Solution' if brief else 'Candidate solution'} {i}"
         if show_confidence:
             header += f" (confidence: {format_confidence(confidences[i - 1], scale)})"
         parts.append(f"{header}:\n{cand.strip()}\n")
-    parts.append(INSTRUCTION.format(conf_note=CONF_NOTES[scale] if show_confidence else ""))
+    instruction, notes = (BRIEF_INSTRUCTION, BRIEF_CONF_NOTES) if brief else (INSTRUCTION, CONF_NOTES)
+    parts.append(instruction.format(conf_note=notes[scale] if show_confidence else ""))
     return "\n".join(parts)
 
 
 def build_aggregation_prompt(problem: str, candidates: Sequence[str],
                              confidences: Sequence[float | None], *, show_confidence: bool = True,
                              token_budget: int | None = None, tokenizer=None,
-                             scale: str = "percentile") -> str:
+                             scale: str = "percentile", style: str = "agglm") -> str:
     """The aggregator's user message for one problem and its k candidates; `scale` says
-    what the confidences are (see `confidence_values`)."""
+    what the confidences are (see `confidence_values`), `style` the wording (STYLES)."""
     _check_scale(scale)
+    if style not in STYLES:
+        raise ValueError(f"unknown prompt style {style!r} (known: {', '.join(STYLES)})")
     if len(candidates) != len(confidences):
         raise ValueError(f"{len(candidates)} candidates but {len(confidences)} confidences")
     if not candidates:
         raise ValueError("an aggregation prompt needs at least one candidate")
-    prompt = _render(problem, candidates, confidences, show_confidence, scale)
+    prompt = _render(problem, candidates, confidences, show_confidence, scale, style)
     if token_budget is None:
         return prompt
     if tokenizer is None:
@@ -147,7 +162,7 @@ def build_aggregation_prompt(problem: str, candidates: Sequence[str],
     if n_tokens(prompt) <= token_budget:
         return prompt
     overhead = n_tokens(_render(problem, [""] * len(candidates), confidences, show_confidence,
-                                scale))
+                                scale, style))
     # Decoding a token suffix and encoding it again can shift a few tokens: keep a margin.
     room = token_budget - overhead - 8 * len(candidates)
     if room < 16 * len(candidates):
@@ -169,4 +184,4 @@ def build_aggregation_prompt(problem: str, candidates: Sequence[str],
                 caps[j] = share
             break
     shortened = [_truncate_front(c, cap, tokenizer) for c, cap in zip(candidates, caps)]
-    return _render(problem, shortened, confidences, show_confidence, scale)
+    return _render(problem, shortened, confidences, show_confidence, scale, style)
