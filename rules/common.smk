@@ -103,25 +103,28 @@ def sampling_settings(wildcards=None):
 
 RUN = config["training"]["run"]
 
-# training keys that only the OpenRLHF command reads (TRL has its own under `trl`);
-# `run` is in the output path and `trainer` picks the rule; the prompt caps reach TRL
-# through the drawn prompts file (rule training_prompts).
-OPENRLHF_ONLY_KEYS = (
-    "openrlhf",
-    "max_prompts",
-    "max_val_prompts",
-    "eval_samples",
-    "rollout_batch_size",
-    "train_batch_size",
-    "epochs",
-    "save_steps",
-    "eval_steps",
-    "run",
-    "trainer",
+# The training keys confagg.train_trl reads: only these reach the TRL job's params, so
+# any other key (OpenRLHF's, `run` in the output path, `trainer` picking the rule, the
+# prompt caps, which reach TRL through the drawn prompts file) leaves it alone.
+TRL_KEYS = (
+    "group_size",
+    "kl_coef",
+    "learning_rate",
+    "temperature",
+    "max_new_tokens",
+    "seed",
+    "reward",
+    "trl",
+    "lora",
 )
 
 
 def trl_settings(wildcards=None):
-    """The training settings a TRL job reads (its params): a change to an OpenRLHF-only
-    key does not retrain with TRL, nor rerun the evaluation after it."""
-    return {k: v for k, v in config["training"].items() if k not in OPENRLHF_ONLY_KEYS}
+    """The training settings a TRL job reads (its params): a change to any other key does
+    not retrain with TRL, nor rerun the evaluation after it. LoRA's settings count only
+    when it is on."""
+    t = config["training"]
+    settings = {k: t[k] for k in TRL_KEYS}
+    if not t["lora"]["enabled"]:
+        settings["lora"] = {"enabled": False}
+    return settings

@@ -84,6 +84,14 @@ CASES = {
     # An OpenRLHF-only setting does not reach the TRL trainer's params.
     "training.openrlhf.zero_stage": ({"training": {"openrlhf": {"zero_stage": 2}}}, {}, set(),
                                      set()),
+    # Nor does a training key TRL never reads (only OpenRLHF bounds prompts by length).
+    "training.max_prompt_tokens": ({"training": {"max_prompt_tokens": 4096}}, {}, set(), set()),
+    # The LoRA rank (LoRA is on in the test overlay) retrains, and what reads the model.
+    "training.lora.rank": ({"training": {"lora": {"rank": 4}}},
+                           {"train_trl": TRAIN_JOBS["train_trl"], "training_curves": 1,
+                            "aggregate": len(TRAINED_AGGS), **EVAL_JOBS},
+                           TRAINED - PROMPTS - {"results/report/training_curves.png"},
+                           TRAINED - PROMPTS | TRAINED_AGGS | METRICS | REPORT),
 }
 
 
