@@ -12,8 +12,9 @@ import pytest
 import torch
 from confagg.config import load_config
 from confagg.io import DataError, write_jsonl
+from confagg.lora import ADAPTER_FILES
 from confagg.train_trl import checkpoint_fingerprint, load_prompts, train
-from conftest import REPO, VLLM_LOCK, _FileLock
+from conftest import BASE_CONFIGS, REPO, VLLM_LOCK, _FileLock
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import TrainerCallback
@@ -95,6 +96,16 @@ if __name__ == "__main__":
 """
 
 
+def lora_params(model_dir, lora):
+    """LoRA's trainable parameters on `model_dir`: r x (in + out) per adapted projection."""
+    from safetensors import safe_open
+
+    targets = tuple(f"{m}.weight" for m in lora["target_modules"])
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
+        shapes = [f.get_slice(k).get_shape() for k in f.keys() if k.endswith(targets)]
+    return sum(lora["rank"] * (rows + cols) for rows, cols in shapes)
+
+
 def test_lora_settings_are_in_the_checkpoint_fingerprint(tmp_path):
     """A resumed LoRA run must continue its own adapters: other LoRA settings discard the
     checkpoints (keep_matching_checkpoints), as any other setting does."""
@@ -114,23 +125,38 @@ def test_lora_settings_are_in_the_checkpoint_fingerprint(tmp_path):
         assert fp(enabled=True, **{key: value}) != on, key
 
 
-def test_pipeline_trains_and_vllm_loads_the_checkpoint(pipeline, bundled_model, tmp_path):
+def test_pipeline_trains_lora_merges_and_vllm_loads_the_checkpoint(pipeline, bundled_model,
+                                                                   tmp_path):
+    """The session's pipeline trains LoRA adapters (tests/test_config.yaml) through rule
+    train_trl; its output is the merged full model."""
+    lora = load_config(*BASE_CONFIGS)["training"]["lora"]
+    assert lora["enabled"]
     pipeline.run("results/train/confagg-grpo/model")
     model = pipeline.path("results/train/confagg-grpo/model")
     history = [json.loads(x) for x in
                pipeline.path("results/train/confagg-grpo/train_log.jsonl").read_text().splitlines()]
     assert len(history) == 2 and all("reward" in h for h in history)  # test config: 2 steps
-    # GRPO's update is zero unless rewards differ within a group: the weights must have
-    # changed if and only if a step logged a group with reward variance. Which case a run
-    # gets is chance here (the 135M aggregator is right about 5% of the time on the test
-    # config's sets; a group of 4 varies with probability ~0.2, measured); the direct
-    # TRL test above uses prompts it often gets right and always sees the first case.
+    assert not [f for f in ADAPTER_FILES if (model / f).exists()]
+    log = pipeline.path("logs/train/confagg-grpo/trl.log").read_text()
+    assert (f"LoRA r={lora['rank']} alpha={lora['alpha']} on {lora['target_modules']}: "
+            f"{lora_params(bundled_model, lora)} trainable parameters") in log
+    # A full model: every base tensor, same shapes.
     base = load_file(bundled_model / "model.safetensors")
     tuned = load_file(model / "model.safetensors")
-    assert set(tuned) <= set(base)
-    changed = any(not torch.equal(base[k], tuned[k]) for k in tuned)
+    assert set(tuned) == set(base)
+    assert all(tuned[k].shape == base[k].shape for k in base)
+    # GRPO's update is zero unless rewards differ within a group: the weights must have
+    # changed if and only if a step logged a group with reward variance, and then only in
+    # the adapted projections. Which case a run gets is chance here (the 135M aggregator
+    # is right about 5% of the time on the test config's sets; a group of 4 varies with
+    # probability ~0.2, measured); the direct TRL test above uses prompts it often gets
+    # right and always sees the first case, and tests/test_lora.py merges changed
+    # adapters.
+    changed = {k for k in base if not torch.equal(base[k], tuned[k])}
     varied = any(h["frac_reward_zero_std"] < 1 for h in history)  # a group whose rewards differ
-    assert changed == varied, (changed, history)
+    assert bool(changed) == varied, (changed, history)
+    targets = tuple(f"{m}.weight" for m in lora["target_modules"])
+    assert all(k.endswith(targets) for k in changed), changed
     if not varied:
         assert all(h["grad_norm"] == 0 for h in history), history
     assert json.loads((model / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
