@@ -66,7 +66,7 @@ class CharTokenizer:
         return "".join(map(chr, ids))
 
 
-def curated_rows(tmp_path, token_budget=None, tokenizer=None):
+def curated_rows(tmp_path, token_budget=None, tokenizer=None, style="agglm"):
     """Curated rows from hand-made samples through curation's own functions."""
     rng = np.random.default_rng(0)
     rows = []
@@ -90,26 +90,29 @@ def curated_rows(tmp_path, token_budget=None, tokenizer=None):
                 for pid in samples}
     made = curation.make_rows(sets, samples, problems, cal, show_confidence=True,
                               scale="percentile", token_budget=token_budget,
-                              tokenizer=tokenizer)
+                              tokenizer=tokenizer, style=style)
     return made, samples, problems
 
 
-def test_curated_rows_carry_the_prompt_without_confidence(tmp_path):
+@pytest.mark.parametrize("style", ["agglm", "brief"])
+def test_curated_rows_carry_the_prompt_without_confidence(tmp_path, style):
     tok = CharTokenizer()
-    rows, samples, problems = curated_rows(tmp_path, token_budget=700, tokenizer=tok)
+    rows, samples, problems = curated_rows(tmp_path, token_budget=700, tokenizer=tok,
+                                           style=style)
     assert rows
     for r in rows:
         g = samples[r["problem_id"]]
         idx = [list(g["sample_idx"]).index(s) for s in r["candidate_ids"]]
         args = (problems[r["problem_id"]]["problem"], [g["final_text"][i] for i in idx],
                 r["confidences"])
-        kw = dict(token_budget=700, tokenizer=tok, scale="percentile")
+        kw = dict(token_budget=700, tokenizer=tok, scale="percentile", style=style)
         # the shared builder, the same candidates and the same budget, with and without
         assert r["prompt"] == build_aggregation_prompt(*args, show_confidence=True, **kw)
         assert r["prompt_noconf"] == build_aggregation_prompt(*args, show_confidence=False, **kw)
         assert "confidence" in r["prompt"] and "confidence" not in r["prompt_noconf"]
         assert len(r["prompt_noconf"]) <= 700
-        assert r["prompt_noconf"].count("Candidate solution") == r["k"]
+        assert len(re.findall(r"^(Candidate solution|Solution) \d+:$", r["prompt_noconf"],
+                              flags=re.M)) == r["k"]
 
 
 def test_agglm_prompts_are_the_same_sets_without_confidence(tmp_path):

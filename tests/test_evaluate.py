@@ -24,12 +24,14 @@ from confagg.curation import load_samples
 from confagg.estimators import MODEL_FREE, budgets_up_to
 from confagg.generation import ShardProgress
 from confagg.io import DataError
-from confagg.report import SUMMARY_COLUMNS
+from confagg.methods import COMPARISONS
+from confagg.report import PAIRED_COLUMNS, SUMMARY_COLUMNS
 from conftest import BASE_CONFIGS, REPO
 from test_report import count_panels
 
-AGGREGATORS = ["conf_agg", "conf_agg_noconf", "agg_prompted"]
+AGGREGATORS = ["conf_agg", "agglm", "agg_prompted"]
 REPORT = ["results/report/summary.csv", "results/report/summary.md",
+          "results/report/paired_differences.csv",
           "results/report/accuracy_vs_samples.png", "results/report/accuracy_vs_tokens.png"]
 RUN = "confagg-grpo"
 AGG_DIR = f"results/evaluate/{RUN}/arith_test/aggregations"
@@ -79,6 +81,24 @@ def check_report(pipeline, benchmarks: dict[str, int], aggregators=AGGREGATORS,
         d, dlo, dhi = float(r["diff"]), float(r["diff_low"]), float(r["diff_high"])
         assert d == pytest.approx(acc - maj, abs=2e-6), r
         assert dlo <= d + 1e-6 and d <= dhi + 1e-6, r
+    # aggregator against aggregator at the same m: every comparison whose two methods
+    # were evaluated, at every aggregation budget
+    text = pipeline.path("results/report/paired_differences.csv").read_text()
+    assert text.splitlines()[0] == ",".join(PAIRED_COLUMNS)
+    paired = list(csv.DictReader(text.splitlines()))
+    want_pairs = {(bench, a, b, m) for bench, n in benchmarks.items()
+                  for a, b, _ in COMPARISONS if a in aggregators and b in aggregators
+                  for m in agg_budgets if m <= n}
+    assert {(r["benchmark"], r["method"], r["baseline"], int(r["budget"]))
+            for r in paired} == want_pairs
+    acc = {(r["benchmark"], r["method"], r["budget"]): float(r["accuracy"]) for r in rows}
+    for r in paired:
+        # the mean of the per-problem differences is the difference of the accuracies
+        d = float(r["diff"])
+        assert d == pytest.approx(acc[(r["benchmark"], r["method"], r["budget"])]
+                                  - acc[(r["benchmark"], r["baseline"], r["budget"])],
+                                  abs=2e-6), r
+        assert float(r["diff_low"]) <= d + 1e-6 <= float(r["diff_high"]) + 2e-6, r
     for name in ("accuracy_vs_samples", "accuracy_vs_tokens"):
         assert count_panels(pipeline.path(f"results/report/{name}.png")) == len(benchmarks)
     md = pipeline.path("results/report/summary.md").read_text()
@@ -86,6 +106,9 @@ def check_report(pipeline, benchmarks: dict[str, int], aggregators=AGGREGATORS,
         assert f"## {bench} (" in md
         assert f"majority@{n}" in md  # the headline compares with the largest budget
         assert f"Paired difference from majority@{n} (points):" in md
+    if want_pairs:
+        assert md.count("Paired differences between aggregators at the same m") == len(
+            {p[0] for p in want_pairs})
     assert md.count("**Headline:**") == len(benchmarks)
     # every headline states its paired interval and the margin behind its verdict
     assert md.count("paired 95% intervals over") == len(benchmarks)
@@ -95,8 +118,21 @@ def check_report(pipeline, benchmarks: dict[str, int], aggregators=AGGREGATORS,
 
 
 def test_evaluation_of_the_test_pipeline(pipeline, bundled_model):
-    pipeline.run(*REPORT)
+    # the first run of the whole pipeline: two training runs (conf_agg's and AggLM's)
+    pipeline.run(*REPORT, timeout=3600)
     rows = check_report(pipeline, {"arith_test": 8})
+    # the headline comparisons: conf_agg against AggLM (a second training run) and
+    # against the untrained base model
+    assert {r["method"] for r in rows} >= {"conf_agg", "agglm", "agg_prompted"}
+    assert pipeline.path("results/train/agglm-grpo/model/config.json").exists()
+    agglm_prompts = [json.loads(x) for x in pipeline.path(
+        "results/train/agglm-grpo/prompts/train.jsonl").read_text().splitlines()]
+    conf_prompts = [json.loads(x) for x in pipeline.path(
+        f"results/train/{RUN}/prompts/train.jsonl").read_text().splitlines()]
+    assert [(r["problem_id"], r["candidate_ids"]) for r in agglm_prompts] == \
+        [(r["problem_id"], r["candidate_ids"]) for r in conf_prompts]
+    assert all("confidence" not in r["prompt"] for r in agglm_prompts)
+    assert all("(confidence: " in r["prompt"] for r in conf_prompts)
     # pass@1 is the graded pool's accuracy, at every budget
     grade = json.loads(pipeline.path("results/generate/smollm2-135m/arith_test/"
                                      "grade_summary.json").read_text())
@@ -149,8 +185,8 @@ def test_snakemake_report_holds_the_table_and_plots(pipeline, bundled_model, tmp
     html = tmp_path / "report.html"
     pipeline.run("--report", str(html))
     text = html.read_text(errors="replace")
-    for name in ("summary.csv", "summary.md", "accuracy_vs_samples.png",
-                 "accuracy_vs_tokens.png", "training_curves.png"):
+    for name in ("summary.csv", "summary.md", "paired_differences.csv",
+                 "accuracy_vs_samples.png", "accuracy_vs_tokens.png", "training_curves.png"):
         assert name in text, name
     assert "Evaluation" in text
     assert "a solver samples n solutions per problem" in text  # Snakefile's report:
@@ -259,8 +295,9 @@ def write_samples(path, pools: dict[str, list[tuple[int, bool, float]]]):
     pq.write_table(pa.Table.from_pylist(rows), path)
 
 
-def write_aggregations(path, correct: dict[tuple[str, int], list[bool]]):
-    rows = [{"problem_id": pid, "budget": m, "set_idx": 0, "candidate_ids": list(range(m)),
+def write_aggregations(path, correct: dict[tuple[str, int], list[bool]], offset=0):
+    rows = [{"problem_id": pid, "budget": m, "set_idx": 0,
+             "candidate_ids": list(range(offset, offset + m)),
              "agg_idx": k, "text": "", "answer": "", "correct": ok, "grade_status": "ok",
              "finish_reason": "stop", "agg_tokens": 5, "solver_tokens": 10 * m}
             for (pid, m), oks in correct.items() for k, ok in enumerate(oks)]
@@ -283,7 +320,9 @@ def test_metrics_script_pairs_every_aggregator_with_majority(tmp_path, monkeypat
         input=SimpleNamespace(samples=str(tmp_path / "samples.parquet"),
                               aggregations=[str(tmp_path / "a.parquet"),
                                             str(tmp_path / "b.parquet")]),
-        output=[str(tmp_path / "metrics.parquet")], wildcards=SimpleNamespace(benchmark="B"),
+        output=SimpleNamespace(metrics=str(tmp_path / "metrics.parquet"),
+                               paired=str(tmp_path / "paired.parquet")),
+        wildcards=SimpleNamespace(benchmark="B"),
         params=SimpleNamespace(metric="mean", methods=["conf_agg", "agglm"], n_draws=100,
                                bootstrap=200, seed=0))
     script.main(smk)
@@ -303,6 +342,21 @@ def test_metrics_script_pairs_every_aggregator_with_majority(tmp_path, monkeypat
         diffs = [by_problem[p] - majority[p] for p in majority]
         assert min(diffs) <= r["diff_low"] <= r["diff"] <= r["diff_high"] <= max(diffs)
     assert all(rows[(m, b)]["diff_ref"] is None for m in MODEL_FREE for b in (1, 2, 4))
+    # conf_agg against agglm at the same m, on the same problems
+    paired = {r["budget"]: r for r in pq.read_table(tmp_path / "paired.parquet").to_pylist()}
+    assert sorted(paired) == [1, 2]
+    for m, want in ((1, np.mean([0.5, 1.0, -1.0])), (2, np.mean([1.0, -1.0, 1.0]))):
+        r = paired[m]
+        assert (r["benchmark"], r["method"], r["baseline"]) == ("B", "conf_agg", "agglm")
+        assert r["diff"] == pytest.approx(want) and r["n_problems"] == 3
+        assert r["diff_low"] <= r["diff"] <= r["diff_high"]
+
+    # aggregations of other candidate sets cannot be paired: named
+    write_aggregations(tmp_path / "b.parquet", {k: [not v[0]] for k, v in agg.items()},
+                       offset=1)
+    with pytest.raises(DataError, match=r"b\.parquet, field 'candidate_ids': its candidate "
+                                        r"sets differ from those of .*a\.parquet"):
+        script.main(smk)
 
     # aggregations of a problem the samples do not have: the wrong file, named
     write_aggregations(tmp_path / "b.parquet", {("zz", 1): [True], **agg})

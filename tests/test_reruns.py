@@ -27,17 +27,19 @@ SOLVER = "smollm2-135m"
 GEN = f"results/generate/{SOLVER}"
 CUR = f"results/curate/{SOLVER}/arith_train"
 EVAL = "results/evaluate/confagg-grpo/arith_test"
+RUNS = ("confagg-grpo", "agglm-grpo")  # the confidence run and the AggLM baseline's
 SHARDS = {f"{GEN}/{d}/shards/{s}.parquet" for d in ("arith_train", "arith_test")
           for s in (0, 1)}
 CURATED = {f"{CUR}/{n}" for n in ("train.jsonl", "val.jsonl", "sets.parquet",
                                   "curate_report.json", "curate_report.md")}
-PROMPTS = {f"results/train/confagg-grpo/prompts/{n}" for n in ("train.jsonl", "train_mix.json")}
-TRAINED = {"results/train/confagg-grpo/model", "results/train/confagg-grpo/train_log.jsonl",
-           "results/report/training_curves.png"} | PROMPTS
-REPORT = {f"results/report/{n}" for n in ("summary.csv", "summary.md",
+PROMPTS = {f"results/train/{r}/prompts/{n}" for r in RUNS
+           for n in ("train.jsonl", "train_mix.json")}
+TRAINED = {f"results/train/{r}/{n}" for r in RUNS for n in ("model", "train_log.jsonl")} | {
+    "results/report/training_curves.png"} | PROMPTS
+REPORT = {f"results/report/{n}" for n in ("summary.csv", "summary.md", "paired_differences.csv",
                                           "accuracy_vs_samples.png", "accuracy_vs_tokens.png")}
-METRICS = {f"{EVAL}/metrics.parquet"}
-TRAINED_AGGS = {f"{EVAL}/aggregations/{m}.parquet" for m in ("conf_agg", "conf_agg_noconf")}
+METRICS = {f"{EVAL}/metrics.parquet", f"{EVAL}/paired.parquet"}
+TRAINED_AGGS = {f"{EVAL}/aggregations/{m}.parquet" for m in ("conf_agg", "agglm")}
 ALL_AGGS = TRAINED_AGGS | {f"{EVAL}/aggregations/agg_prompted.parquet"}
 GENERATED = SHARDS | {f"{GEN}/{d}/{n}" for d in ("arith_train", "arith_test")
                       for n in ("merged.parquet", "samples.parquet", "grade_summary.json")}
@@ -46,7 +48,7 @@ DECON = {f"results/curate/decontamination/arith_train.{x}" for x in ("json", "md
 OVERLAP = {"results/evaluate/overlap/arith_test.json"}
 
 EVAL_JOBS = {"evaluate_benchmark": 1, "report": 1}
-TRAIN_JOBS = {"training_prompts": 1, "train_trl": 1, "training_curves": 1}
+TRAIN_JOBS = {"training_prompts": 2, "train_trl": 2, "training_curves": 1}
 CURATION_JOBS = {"aggregation_sets": 1, **TRAIN_JOBS, "aggregate": 2, **EVAL_JOBS}
 SAMPLING_JOBS = {"generate": 4, "merge_generated": 2, "grade_samples": 2, "problem_stats": 1,
                  "calibrate_confidence": 1, "aggregation_sets": 1, **TRAIN_JOBS,
