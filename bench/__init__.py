@@ -31,6 +31,9 @@ Stages and figures (docs/performance.md explains them):
   ``online_token_ratio`` (tokens online / offline) and ``online_accuracy_delta`` (the
   online vote over the traces not stopped early minus the offline weighted vote over
   all n; both weighted by ``curation.confidence_metric``, graded by math-verify).
+- train: GRPO steps of the TRL job's ``train`` on the bundled model, full-parameter and
+  LoRA (``training.lora``), one process each -> ``train_lora_step_ratio`` (wall), CPU
+  seconds per step, trainable parameters, peak RSS (``--only train`` runs it alone).
 """
 # One module per concern: common (sizes, targets, shared data, the vLLM lock), data
 # (synthetic inputs), baselines (what the project is timed against), stages (the CPU

@@ -14,6 +14,8 @@ import bench
 from bench.common import REPO, SIZES, TARGETS, check
 from bench.runner import grade_runner_entry, machine_info, run_stage, stage_child
 
+STAGE_GROUPS = ["generation", "confidence", "grading", "storage", "evaluation", "online", "train"]
+
 
 def render_table(report: dict) -> str:
     lines = [f"{'figure':<24} {'value':>14} {'target':>10}  result", "-" * 60]
@@ -55,6 +57,16 @@ def render_table(report: dict) -> str:
                      f"stopped early; accuracy {ex['online_accuracy']:.3f} vs offline "
                      f"{ex['offline_weighted_accuracy']:.3f}; time ratio "
                      f"{ex['online_time_ratio']:.2f}")
+    if "train_full_seconds_per_step" in ex or "train_lora_seconds_per_step" in ex:
+        cells = [f"{v} {ex[f'train_{v}_seconds_per_step']:.1f} s/step, CPU "
+                 f"{ex[f'train_{v}_cpu_seconds_per_step']:.1f} s/step (first "
+                 f"{ex[f'train_{v}_first_step_seconds']:.1f} s, "
+                 f"{ex[f'train_{v}_trainable_params'] / 1e6:.2f}M trainable)"
+                 for v in ("full", "lora") if f"train_{v}_seconds_per_step" in ex]
+        lines.append("GRPO (TRL, CPU): " + "; ".join(cells))
+        if "train_lora_cpu_step_ratio" in ex:
+            lines.append(f"GRPO LoRA / full per step: wall {report['figures']['train_lora_step_ratio']:.2f}"
+                         f", CPU {ex['train_lora_cpu_step_ratio']:.2f}")
     m = report["machine"]
     lines.append(f"machine: {m['cpu_count']} CPUs ({m['cpu']}), load average "
                  f"{m['loadavg_before'][0]:.1f} before, {m['loadavg_after'][0]:.1f} after")
@@ -73,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="the prepared bundled model (snakemake resources/models/smollm2-135m)")
     ap.add_argument("--set", nargs="*", default=[], metavar="SIZE=N",
                     help=f"override sizes, e.g. gen_problems=4 (keys: {', '.join(SIZES['full'])})")
-    ap.add_argument("--skip", nargs="*", default=[],
-                    choices=["generation", "confidence", "grading", "storage", "evaluation",
-                             "online"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=STAGE_GROUPS)
+    ap.add_argument("--only", nargs="+", choices=STAGE_GROUPS,
+                    help="run these stages only, e.g. --only train (GRPO steps, full vs LoRA)")
     ap.add_argument("--stage", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--grade-runner", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -95,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         if key not in sizes:
             raise SystemExit(f"--set {item}: unknown size '{key}'")
         sizes[key] = int(value)
-    skip = set(args.skip) | ({"generation", "online"} if args.quick else set())
-    if not {"generation", "online"} <= skip and not (Path(args.model) / "config.json").exists():
+    skip = set(args.skip) | ({"generation", "online", "train"} if args.quick else set())
+    if args.only:
+        skip |= set(STAGE_GROUPS) - set(args.only)
+    if not {"generation", "online", "train"} <= skip and not (Path(args.model) / "config.json").exists():
         raise SystemExit(f"{args.model}: no prepared model; run `.venv/bin/snakemake --profile "
                          f"profiles/local resources/models/smollm2-135m` (make bench does)")
     out = Path(args.out)
@@ -109,12 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="confagg-bench-") as tmp:
         workdir = Path(tmp)
         results = {}
-        for stage in ("confidence", "grading", "evaluation", "generation", "storage", "online"):
-            if stage in skip:
-                skipped[stage] = "--quick: no vLLM engine" if args.quick else "--skip"
+        for stage in ("confidence", "grading", "evaluation", "generation", "storage", "online",
+                      "train_full", "train_lora"):
+            group = stage.split("_")[0]
+            if group in skip:
+                skipped[stage] = ("--quick: no vLLM engine or training" if args.quick
+                                  else "--skip/--only")
                 continue
             kw = {}
-            if stage in ("generation", "online"):
+            if group in ("generation", "online", "train"):
                 kw["model"] = args.model
             if stage == "storage" and "generation" in results:
                 kw["gen_result"] = str(workdir / "generation.result.json")
@@ -126,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
             raw[stage]["stage_seconds"] = res["stage_seconds"]
             figures["peak_rss_mb"][stage] = {"process": res["max_rss_mb"],
                                              "children": res["children_max_rss_mb"]}
+    if "train_full_seconds_per_step" in extra and "train_lora_seconds_per_step" in extra:
+        figures["train_lora_step_ratio"] = (extra["train_lora_seconds_per_step"]
+                                            / extra["train_full_seconds_per_step"])
+        extra["train_lora_cpu_step_ratio"] = (extra["train_lora_cpu_seconds_per_step"]
+                                              / extra["train_full_cpu_seconds_per_step"])
     report = {
         "mode": mode, "runs": sizes["runs"], "sizes": sizes,
         "figures": figures,

@@ -26,6 +26,7 @@ TARGETS = {
     "eval_seconds": None,
     "online_token_ratio": None,
     "online_accuracy_delta": None,
+    "train_lora_step_ratio": None,
     "peak_rss_mb": None,
 }
 
@@ -38,6 +39,7 @@ SIZES = {
         "eval_problems": 30, "eval_samples": 128, "eval_n_draws": None, "eval_bootstrap": None,
         "storage_synthetic_samples": 0,
         "online_problems": 16, "online_n": 16, "online_max_tokens": 192,
+        "train_prompts": 8, "train_steps": 3, "train_max_tokens": 16,
     },
     "quick": {
         "runs": 1,
@@ -47,6 +49,7 @@ SIZES = {
         "eval_problems": 10, "eval_samples": 16, "eval_n_draws": 50, "eval_bootstrap": 100,
         "storage_synthetic_samples": 64,
         "online_problems": 0, "online_n": 0, "online_max_tokens": 0,
+        "train_prompts": 0, "train_steps": 0, "train_max_tokens": 0,
     },
 }
 

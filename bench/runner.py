@@ -38,6 +38,10 @@ def stage_child(stage: str, args_path: str, result_path: str) -> None:
         from bench.online import stage_online
 
         res = stage_online(sz, cfg, workdir, a["model"])
+    elif stage.startswith("train_"):
+        from bench.train import stage_train
+
+        res = stage_train(sz, cfg, workdir, a["model"], stage.removeprefix("train_"))
     else:
         raise ValueError(f"unknown stage {stage}")
     res["children_max_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
