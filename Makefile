@@ -26,7 +26,7 @@ OR_LOCK := -c requirements/constraints-openrlhf.txt
 # prebuilt wheel instead of compiling it (docs/setup.md).
 FLASH_ATTN ?= flash-attn==2.8.3
 
-.PHONY: setup check-envs run test test-cluster lint bench plan dry-run install-profiles clean-results
+.PHONY: setup check-envs run study test test-cluster lint bench plan dry-run install-profiles clean-results
 
 setup: $(STAMP) $(if $(filter gpu,$(FLAVOUR)),$(OR_STAMP))
 
@@ -72,6 +72,10 @@ $(OR_STAMP): requirements/openrlhf.txt requirements/constraints-openrlhf.txt pyp
 
 run: setup
 	$(VENV)/bin/snakemake --profile profiles/local
+
+# The study recipe (about 2 h on 2 cores) in results/study-arith: docs/study.md.
+study: setup
+	$(VENV)/bin/snakemake --profile profiles/study
 
 test: setup
 	$(VENV)/bin/pytest -q
