@@ -33,6 +33,11 @@ def test_full_scale_plan_follows_the_config(tmp_path):
     assert p["rollouts"] == p["training_prompts"] * t["group_size"]
     assert p["max_training_tokens"] == p["rollouts"] * t["max_new_tokens"]
     assert p["training"]["max_hours"] == p["max_training_tokens"] / (500.0 * 4) / 3600
+    # config.yaml evaluates agglm: the AggLM run is trained too, each run its own job
+    assert p["training"]["runs"] == [t["run"], t["agglm_run"]]
+    assert p["training"]["total_hours"] == 2 * p["training"]["max_hours"]
+    only_conf = {**config, "evaluation": {**config["evaluation"], "agg_methods": ["conf_agg"]}}
+    assert plan(only_conf, known=known, workdir=tmp_path)["training"]["runs"] == [t["run"]]
 
 
 def test_the_default_budget_fits_the_slurm_limit():
@@ -75,3 +80,4 @@ def test_make_plan_prints_the_figures():
     line = next(x for x in proc.stdout.splitlines() if x.startswith("arith_train"))
     assert line.split()[1:3] == [str(n), "builtin"], line
     assert "training prompts:" in proc.stdout and "training steps:" in proc.stdout
+    assert f"training runs: 2 ({config['training']['run']}, " in proc.stdout

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from .config import REPO, load_config
+from .methods import training_runs
 
 # End-to-end GRPO throughput assumed per GPU (generated tokens per second, generation
 # and training together), from DeepScaleR-1.5B-Preview's published run; see
@@ -118,10 +119,14 @@ def plan(config: dict[str, Any], *, known: dict[str, int] | None = None,
     limit = slurm_hours(rule)
     hours = (None if out["max_training_tokens"] is None or t["trainer"] == "trl"
              else out["max_training_tokens"] / (throughput * gpus) / 3600)
+    # each run (the confidence run, and the AggLM run when agglm is evaluated) is a job
+    runs = training_runs(config["evaluation"]["agg_methods"], run=t["run"],
+                         agglm_run=t["agglm_run"])
     out["training"] = {"trainer": t["trainer"], "rule": rule, "throughput": throughput,
                        "gpus": gpus, "max_hours": hours, "slurm_limit_hours": limit,
                        "fits": None if hours is None or limit is None
-                       else hours <= SAFETY * limit}
+                       else hours <= SAFETY * limit,
+                       "runs": runs, "total_hours": None if hours is None else hours * len(runs)}
     return out
 
 
@@ -148,6 +153,7 @@ def render(p: dict[str, Any], config: dict[str, Any]) -> str:
               f"training prompts: {_fmt(p['training_prompts'])} "
               f"(training.max_prompts = {_fmt(t['max_prompts'])})"]
     tr = p["training"]
+    lines.append(f"training runs: {len(tr['runs'])} ({', '.join(tr['runs'])}), one job each")
     if tr["trainer"] == "trl":
         lines.append(f"training steps: {_fmt(p['training_steps'])} (TRL: trl.max_steps), "
                      f"completions {_fmt(p['rollouts'])}")
@@ -162,8 +168,9 @@ def render(p: dict[str, Any], config: dict[str, Any]) -> str:
             verdict = ("" if tr["fits"] is None else
                        f" -> {'fits' if tr['fits'] else 'DOES NOT FIT'} {SAFETY:.0%} of the "
                        f"SLURM limit {limit:g} h ({tr['rule']})")
-            lines.append(f"training time: at most {tr['max_hours']:,.1f} h at "
-                         f"{tr['throughput']:g} tokens/s/GPU on {tr['gpus']} GPUs{verdict}")
+            lines.append(f"training time: at most {tr['max_hours']:,.1f} h per run at "
+                         f"{tr['throughput']:g} tokens/s/GPU on {tr['gpus']} GPUs{verdict}; "
+                         f"{tr['total_hours']:,.1f} h for the {len(tr['runs'])} run(s)")
     if any(d["problems"] is None for d in p["datasets"].values()):
         lines += ["", "unknown counts: run `snakemake resources/datasets/<name>.jsonl` first, "
                       "or pass --problems NAME=N"]
