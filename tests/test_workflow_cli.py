@@ -139,6 +139,19 @@ def test_gpu4_dry_run_prints_the_full_scale_dag_without_a_gpu(tmp_path):
         assert f"resources/datasets/{name}.jsonl" in proc.stdout
 
 
+def test_study_profile_plans_the_study_of_docs_study_md(tmp_path):
+    """profiles/study (make study): two training runs, three aggregators, a held-out
+    benchmark of 100 problems from the builtin set's test half."""
+    proc = run_snakemake(tmp_path, "-n", profile="study", configfiles=[], lock=False)
+    counts = job_counts(proc.stdout)
+    assert counts["train_trl"] == 2 and counts["aggregate"] == 3
+    for run in ("confagg-grpo", "agglm-grpo"):
+        assert f"results/train/{run}/model" in proc.stdout
+    study = yaml.safe_load((REPO / "profiles/study/study.yaml").read_text())
+    held_out = study["datasets"][study["benchmarks"][0]]["builtin"]
+    assert held_out["n_problems"] >= 100 and held_out["split"] == "test"
+
+
 def test_rulegraph_and_dag_render(tmp_path):
     proc = run_snakemake(tmp_path, "--rulegraph", profile=None)
     assert "digraph snakemake_dag" in proc.stdout
