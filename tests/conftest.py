@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +94,17 @@ def run_snakemake(workdir: Path, *args: str, configfiles=None, check: bool = Tru
         pytest.fail(f"snakemake {' '.join(args)} exited {proc.returncode}:\n"
                     f"{proc.stdout[-6000:]}", pytrace=False)
     return proc
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run as {rule: count}, without `all` and `total`;
+    {} when there is nothing to do."""
+    if "Nothing to be done" in output:
+        return {}
+    table = output.split("Job stats:")[1].split("Reasons:")[0]
+    return {m.group(1): int(m.group(2))
+            for m in re.finditer(r"^(\w+)\s+(\d+)$", table, flags=re.M)
+            if m.group(1) not in ("total", "all")}
 
 
 class Pipeline:

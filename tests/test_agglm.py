@@ -23,7 +23,7 @@ from confagg.config import ConfigError, load_config
 from confagg.io import DataError, read_jsonl, write_jsonl
 from confagg.prompts import ConfidenceCalibration, build_aggregation_prompt
 from confagg.train_data import select_file
-from conftest import BASE_CONFIGS, REPO, run_snakemake
+from conftest import BASE_CONFIGS, REPO, job_counts, run_snakemake
 
 
 def overlay(tmp_path, data, name="overlay.yaml") -> list:
@@ -172,12 +172,6 @@ def test_training_prompts_script_takes_the_runs_prompt(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------- the plan (snakemake -n)
-
-def job_counts(output: str) -> dict[str, int]:
-    table = output.split("Job stats:")[1].split("Reasons:")[0]
-    return {m.group(1): int(m.group(2))
-            for m in re.finditer(r"^(\w+)\s+(\d+)$", table, flags=re.M) if m.group(1) != "total"}
-
 
 @pytest.mark.parametrize("methods,runs", [(["conf_agg", "agglm"], 2), (["conf_agg"], 1)])
 def test_dry_run_trains_the_agglm_run_only_when_evaluated(tmp_path, methods, runs):

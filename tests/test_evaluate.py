@@ -26,7 +26,7 @@ from confagg.generation import ShardProgress
 from confagg.io import DataError
 from confagg.methods import COMPARISONS
 from confagg.report import PAIRED_COLUMNS, SUMMARY_COLUMNS
-from conftest import BASE_CONFIGS, REPO
+from conftest import BASE_CONFIGS, REPO, job_counts
 from test_report import count_panels
 
 AGGREGATORS = ["conf_agg", "agglm", "agg_prompted"]
@@ -42,13 +42,6 @@ def overlay(tmp_path, name, data) -> list:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(data))
     return [*BASE_CONFIGS, path]
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """The 'Job stats' table of a dry run as {rule: count}."""
-    table = output.split("Job stats:")[1].split("Reasons:")[0]
-    return {m.group(1): int(m.group(2))
-            for m in re.finditer(r"^(\w+)\s+(\d+)$", table, flags=re.M) if m.group(1) != "total"}
 
 
 def check_report(pipeline, benchmarks: dict[str, int], aggregators=AGGREGATORS,

@@ -17,11 +17,9 @@ per-file status is exact.
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import yaml
-from conftest import BASE_CONFIGS
+from conftest import BASE_CONFIGS, job_counts
 
 SOLVER = "smollm2-135m"
 GEN = f"results/generate/{SOLVER}"
@@ -95,17 +93,6 @@ CASES = {
                            TRAINED - PROMPTS - {"results/report/training_curves.png"},
                            TRAINED - PROMPTS | TRAINED_AGGS | METRICS | REPORT),
 }
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """The 'Job stats' table of a dry run as {rule: count}, without `all` and `total`;
-    {} when there is nothing to do."""
-    if "Nothing to be done" in output:
-        return {}
-    table = output.split("Job stats:")[1].split("Reasons:")[0]
-    return {m.group(1): int(m.group(2))
-            for m in re.finditer(r"^(\w+)\s+(\d+)$", table, flags=re.M)
-            if m.group(1) not in ("total", "all")}
 
 
 def summary(output: str) -> dict[str, tuple[str, str]]:

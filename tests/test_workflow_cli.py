@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 import yaml
 from confagg.config import ConfigError, load_config
-from conftest import BASE_CONFIGS, REPO, run_snakemake
+from conftest import BASE_CONFIGS, REPO, job_counts, run_snakemake
 
 
 def overlay(tmp_path, name, data) -> list:
@@ -120,13 +119,6 @@ def test_missing_required_key_is_named(tmp_path):
     with pytest.raises(ConfigError, match="config key '<top level>': 'solver' is a required "
                                           "property"):
         load_config(tmp_path / "c.yaml")
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """The 'Job stats' table of a dry run as {rule: count}."""
-    table = output.split("Job stats:")[1]
-    return {m.group(1): int(m.group(2))
-            for m in re.finditer(r"^(\w+)\s+(\d+)$", table, flags=re.M) if m.group(1) != "total"}
 
 
 def test_gpu4_dry_run_prints_the_full_scale_dag_without_a_gpu(tmp_path):
