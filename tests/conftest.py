@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.util
 import os
 import re
 import subprocess
@@ -105,6 +106,15 @@ def job_counts(output: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2))
             for m in re.finditer(r"^(\w+)\s+(\d+)$", table, flags=re.M)
             if m.group(1) not in ("total", "all")}
+
+
+def load_script(name: str):
+    """An entry script (workflow/scripts/<name>.py) as a module, to call its main()."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "workflow" / "scripts" /
+                                                  f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class Pipeline:

@@ -7,7 +7,6 @@ sets, prompt without confidence), and what `snakemake -n` plans with and without
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import re
@@ -23,7 +22,7 @@ from confagg.config import ConfigError, load_config
 from confagg.io import DataError, read_jsonl, write_jsonl
 from confagg.prompts import ConfidenceCalibration, build_aggregation_prompt
 from confagg.train_data import select_file
-from conftest import BASE_CONFIGS, REPO, job_counts, run_snakemake
+from conftest import BASE_CONFIGS, REPO, job_counts, load_script, run_snakemake
 
 
 def overlay(tmp_path, data, name="overlay.yaml") -> list:
@@ -152,10 +151,7 @@ def test_a_curated_row_without_the_prompt_noconf_is_named(tmp_path):
 
 
 def test_training_prompts_script_takes_the_runs_prompt(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location(
-        "training_prompts", REPO / "workflow" / "scripts" / "training_prompts.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("training_prompts")
     monkeypatch.setattr(script, "setup_logging", lambda smk: logging.getLogger("test"))
     rows, _, _ = curated_rows(tmp_path)
     write_jsonl(tmp_path / "train.jsonl", rows)
@@ -194,10 +190,7 @@ def colour_pixels(png, rgb) -> int:
 
 
 def test_training_curves_show_each_trained_run(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location(
-        "training_curves", REPO / "workflow" / "scripts" / "training_curves.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("training_curves")
     monkeypatch.setattr(script, "setup_logging", lambda smk: logging.getLogger("test"))
     logs = {}
     for run, scale in (("confagg-grpo", 1.0), ("agglm-grpo", 0.5)):

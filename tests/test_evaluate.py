@@ -7,7 +7,6 @@ small hand-made files (paired differences for any aggregator method)."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import logging
 import re
@@ -26,7 +25,7 @@ from confagg.generation import ShardProgress
 from confagg.io import DataError
 from confagg.methods import COMPARISONS
 from confagg.report import PAIRED_COLUMNS, SUMMARY_COLUMNS
-from conftest import BASE_CONFIGS, REPO, job_counts
+from conftest import BASE_CONFIGS, job_counts, load_script
 from test_report import count_panels
 
 AGGREGATORS = ["conf_agg", "agglm", "agg_prompted"]
@@ -271,14 +270,6 @@ def test_benchmark_added_by_config_alone(pipeline, bundled_model, tmp_path):
 
 
 # ------------------------------------------------------------ the metrics script, no pipeline
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "workflow" / "scripts" /
-                                                  f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def write_samples(path, pools: dict[str, list[tuple[int, bool, float]]]):
     """samples.parquet rows (problem, sample_idx, cluster, correct, conf_mean, tokens)."""
