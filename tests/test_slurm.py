@@ -29,7 +29,7 @@ import pytest
 import yaml
 from conftest import BASE_CONFIGS, REPO, run_snakemake
 
-pytestmark = pytest.mark.skipif(
+needs_cluster = pytest.mark.skipif(
     os.environ.get("CONFAGG_TEST_SLURM") != "1",
     reason="starts a one-node SLURM cluster, ~15 min: run with make test-cluster")
 
@@ -188,6 +188,7 @@ def slurm_run(slurm_cluster, tmp_path_factory):
     return run
 
 
+@needs_cluster
 def test_embedded_default_on_slurm(slurm_run):
     out, workdir = slurm_run.output, slurm_run.workdir
     assert "SLURM run ID" in out, out[-3000:]
@@ -226,6 +227,7 @@ def test_embedded_default_on_slurm(slurm_run):
                          log.read_text()), log
 
 
+@needs_cluster
 def test_train_openrlhf_allocation_on_slurm(slurm_run, tmp_path):
     """train_openrlhf (the 4-GPU rule) gets its profile entry from SLURM: 4 GPUs on the
     gpu partition. OpenRLHF itself cannot run here (no GPU, no OpenRLHF environment:
@@ -249,3 +251,20 @@ def test_train_openrlhf_allocation_on_slurm(slurm_run, tmp_path):
     assert job["State"] == "FAILED", job
     log = (slurm_run.workdir / "logs" / "train" / "slurm-openrlhf" / "openrlhf.log").read_text()
     assert "No module named" in log and "openrlhf" in log, log[-2000:]
+
+
+def test_stop_removes_the_configs_it_wrote_and_only_those(tmp_path):
+    """A slurm.conf left behind names a controller that is gone: every SLURM client then
+    waits about 10 s for it, and Snakemake's SLURM plugin runs `scontrol show config` each
+    time Snakemake starts, even for local runs. So `stop` removes what `start` wrote."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    mark = "# Written by tests/slurm/cluster.sh"
+    for name in ("slurm.conf", "gres.conf", "slurmdbd.conf"):
+        (etc / name).write_text(f"{mark}\nClusterName=confagg\n")
+    (etc / "cgroup.conf").write_text("CgroupPlugin=autodetect\n")  # not ours: kept
+    proc = subprocess.run(["bash", str(CLUSTER_SH), "stop"], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "CONFAGG_SLURM_ETC": str(etc),
+                                           "CONFAGG_SLURM_DIR": str(tmp_path / "run")})
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in etc.iterdir()) == ["cgroup.conf"], proc.stderr

@@ -5,6 +5,7 @@
 #   tests/slurm/cluster.sh start     install if needed, write the configs, start munged,
 #                                    mariadbd, slurmdbd, slurmctld, slurmd; wait until idle
 #   tests/slurm/cluster.sh stop      stop what `start` started (by the pids it recorded)
+#                                    and remove the configs it wrote
 #   tests/slurm/cluster.sh status    sinfo and the daemons' pids
 #
 # The configs go to /etc/slurm (slurm.conf, gres.conf, slurmdbd.conf), where every
@@ -241,6 +242,13 @@ stop() {
     stop_pid slurmdbd "$RUN/slurmdbd.pid"
     stop_pid mariadbd "$RUN/mysql/mariadbd.pid"
     stop_pid munged "$RUN/munged.pid"
+    # A slurm.conf naming a stopped controller makes every SLURM client wait ~10 s for it,
+    # Snakemake's SLURM plugin too (it runs `scontrol show config` whenever Snakemake
+    # starts, local runs included): leave none of our configs behind.
+    local f
+    for f in slurm.conf gres.conf slurmdbd.conf; do
+        if [ -f "$ETC/$f" ] && head -1 "$ETC/$f" | grep -q "^$MARK"; then rm -f "$ETC/$f"; fi
+    done
 }
 
 status() {
