@@ -9,8 +9,10 @@ import fcntl
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,23 @@ BASE_CONFIGS = [
     REPO / "profiles" / "local" / "embedded.yaml",
     REPO / "tests" / "test_config.yaml",
 ]
+
+# The suite writes about 2 GiB under its temp folder (models, checkpoints, samples, vLLM's
+# files); on a full disk that surfaces only as an engine or safetensors error deep in a
+# pipeline test, so a session refuses to start below this (override: the variable).
+MIN_FREE_GIB = float(os.environ.get("CONFAGG_TEST_MIN_FREE_GIB", "4"))
+
+
+def pytest_sessionstart(session):
+    base = Path(session.config.option.basetemp or tempfile.gettempdir()).resolve()
+    while not base.exists():
+        base = base.parent
+    free = shutil.disk_usage(base).free / 2**30
+    if free < MIN_FREE_GIB:
+        pytest.exit(f"only {free:.1f} GiB free on the disk of {base}; the test suite needs "
+                    f"at least {MIN_FREE_GIB:g} GiB there (CONFAGG_TEST_MIN_FREE_GIB)",
+                    returncode=3)
+
 
 # Nothing in the tests may reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
