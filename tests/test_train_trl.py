@@ -69,6 +69,9 @@ def test_trl_updates_weights_logs_rewards_and_resumes(tmp_path, bundled_model):
     changed = [k for k in base if not torch.equal(base[k], tuned[k])]
     assert changed, "no weight changed"
     assert (tmp_path / "model" / "tokenizer.json").exists()
+    # a checkpoint a step (save_steps 1), the newest max_ckpt_num (2) kept
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("checkpoint-*")) == [
+        "checkpoint-2", "checkpoint-3"]
 
     seen = LinesAtEachLog(tmp_path / "log.jsonl")
     again = train(trl_config(max_steps=4), **kw, callbacks=[seen])
@@ -77,6 +80,8 @@ def test_trl_updates_weights_logs_rewards_and_resumes(tmp_path, bundled_model):
     assert again["steps"] == 4
     history = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert history[-1]["step"] == 4
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("checkpoint-*")) == [
+        "checkpoint-3", "checkpoint-4"]
 
 
 def test_bad_training_rows_name_the_row(tmp_path):

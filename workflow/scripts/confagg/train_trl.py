@@ -57,9 +57,10 @@ def last_checkpoint(ckpt_dir: str | Path) -> str | None:
 def checkpoint_fingerprint(cfg: dict[str, Any], *, model_path: str, train_path: str,
                            use_cpu: bool) -> str:
     """What a run's checkpoints depend on: the settings (but `trl.max_steps`, which a
-    resumed run may raise, and `trl.save_steps`), the base model and the training rows."""
+    resumed run may raise, `trl.save_steps` and `trl.max_ckpt_num`), the base model and
+    the training rows."""
     settings = json.loads(json.dumps(cfg))
-    for key in ("max_steps", "save_steps"):
+    for key in ("max_steps", "save_steps", "max_ckpt_num"):
         settings.get("trl", {}).pop(key, None)
     h = hashlib.sha256(json.dumps({"settings": settings, "model": str(model_path),
                                    "use_cpu": use_cpu}, sort_keys=True).encode())
@@ -147,6 +148,7 @@ def train(cfg: dict[str, Any], *, model_path: str, train_path: str,
         gradient_accumulation_steps=t["gradient_accumulation_steps"],
         max_steps=t["max_steps"],
         save_steps=t["save_steps"],
+        save_total_limit=t["max_ckpt_num"],
         logging_steps=1,
         seed=cfg["seed"],
         use_cpu=use_cpu,
