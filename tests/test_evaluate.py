@@ -25,7 +25,7 @@ from confagg.generation import ShardProgress
 from confagg.io import DataError
 from confagg.methods import COMPARISONS
 from confagg.report import PAIRED_COLUMNS, SUMMARY_COLUMNS
-from conftest import BASE_CONFIGS, job_counts, load_script
+from conftest import BASE_CONFIGS, REPO, job_counts, load_script
 from test_report import count_panels
 
 AGGREGATORS = ["conf_agg", "agglm", "agg_prompted"]
@@ -169,6 +169,23 @@ def test_evaluation_of_the_test_pipeline(pipeline, bundled_model):
                                                        .mean())
     assert not pipeline.path(f"results/.progress/evaluate/{RUN}").exists() or not any(
         pipeline.path(f"results/.progress/evaluate/{RUN}").rglob("*.parquet"))
+
+
+def test_engine_and_trainer_jobs_use_every_core_of_the_profile(pipeline, bundled_model):
+    """Snakemake exports OMP_NUM_THREADS = the job's threads (1 unless the rule says
+    otherwise), which sizes torch's and vLLM's CPU thread pools: the jobs that hold an
+    engine or the trainer must get every core the profile gives (they run one at a time)."""
+    pipeline.run(*REPORT)
+    cores = yaml.safe_load((REPO / "profiles/local/config.yaml").read_text())["cores"]
+    logs = [f"logs/generate/smollm2-135m/arith_train/shard{s}.log" for s in (0, 1)]
+    logs += [f"logs/train/{r}/trl.log" for r in ("confagg-grpo", "agglm-grpo")]
+    logs += [f"logs/evaluate/{RUN}/arith_test/aggregate_{m}.log" for m in AGGREGATORS]
+    for log in logs:
+        text = pipeline.path(log).read_text()
+        assert f"{cores} threads (OMP_NUM_THREADS={cores})" in text, (log, text[:2000])
+    # a job without a thread count of its own keeps one
+    merge = pipeline.path("logs/generate/smollm2-135m/arith_train/merge.log").read_text()
+    assert "1 threads (OMP_NUM_THREADS=1)" in merge
 
 
 def test_snakemake_report_holds_the_table_and_plots(pipeline, bundled_model, tmp_path):

@@ -44,6 +44,9 @@ def setup_logging(snakemake, level: int = logging.INFO) -> logging.Logger:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger(f"confagg.rule.{getattr(snakemake, 'rule', 'script')}")
     die_with_snakemake(log)
+    # torch, vLLM's CPU backend and the BLAS libraries size their pools from this
+    log.info("host %s, %s threads (OMP_NUM_THREADS=%s)", socket.gethostname(),
+             getattr(snakemake, "threads", "?"), os.environ.get("OMP_NUM_THREADS", "unset"))
     return log
 
 
