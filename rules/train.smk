@@ -27,6 +27,8 @@ rule training_prompts:
     params:
         cap=prompt_cap,
         seed=config["training"]["seed"],
+        # validation keeps the curated mix
+        easy_share=lambda wc: config["training"]["easy_share"] if wc.split == "train" else None,
         # the AggLM run's prompts leave the confidence out
         show_confidence=run_shows_confidence,
     log:

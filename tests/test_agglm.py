@@ -160,7 +160,8 @@ def test_training_prompts_script_takes_the_runs_prompt(tmp_path, monkeypatch):
         script.main(SimpleNamespace(
             input=[str(tmp_path / "train.jsonl")],
             output=SimpleNamespace(rows=str(out), mix=str(tmp_path / f"{show}_mix.json")),
-            params=SimpleNamespace(cap=None, seed=0, show_confidence=show),
+            params=SimpleNamespace(cap=None, seed=0, show_confidence=show,
+                                  easy_share=None),
             wildcards=SimpleNamespace(split="train", run="r")))
         got = read_jsonl(out)
         assert [r["prompt"] for r in got] == [r["prompt" if show else "prompt_noconf"]

@@ -70,6 +70,17 @@ def test_counts_come_from_files_once_they_exist(tmp_path):
     assert sets_per_problem(config, 1) == min(config["curation"]["sets_per_problem"], 1)
 
 
+def test_training_prompts_follow_the_easy_share_once_curated(tmp_path):
+    config = load_config(REPO / "config.yaml", REPO / "profiles/local/embedded.yaml")
+    config["training"].update(easy_share=0.5, max_prompts=None)
+    cur = tmp_path / "results" / "curate" / config["solver"] / config["train_dataset"]
+    write_jsonl(cur / "train.jsonl", [{"prompt": "p", "answer": "1", "k": 1,
+                                       "difficulty": "hard"}] * 9 +
+                [{"prompt": "p", "answer": "1", "k": 1, "difficulty": "easy"}] * 3)
+    p = plan(config, workdir=tmp_path)
+    assert p["curated_train_rows"] == 12 and p["training_prompts"] == 6
+
+
 def test_make_plan_prints_the_figures():
     proc = subprocess.run(["make", "-s", "plan", f"PY={sys.executable}",
                            "PLAN_ARGS=--configfile profiles/local/embedded.yaml"],

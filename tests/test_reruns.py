@@ -72,6 +72,10 @@ CASES = {
     "training.max_prompts": ({"training": {"max_prompts": 2}},
                              {**TRAIN_JOBS, "aggregate": 2, **EVAL_JOBS}, PROMPTS,
                              TRAINED | TRAINED_AGGS | METRICS | REPORT),
+    # So does the easy share (the train split's draw only; validation keeps the curated mix).
+    "training.easy_share": ({"training": {"easy_share": 0.5}},
+                            {**TRAIN_JOBS, "aggregate": 2, **EVAL_JOBS}, PROMPTS,
+                            TRAINED | TRAINED_AGGS | METRICS | REPORT),
     # The n-gram reruns decontamination, so everything downstream of the training
     # problems, and the benchmark's overlap check.
     "curation.decontamination_ngram": (

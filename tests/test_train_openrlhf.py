@@ -256,6 +256,31 @@ def test_prompt_cap_names_a_bad_row():
         draw(rows, 10, 0, "train.jsonl")
 
 
+def test_easy_share_sets_the_mix_per_k_and_keeps_the_scarcer_kind():
+    rows = curated_rows()  # per k: 37/18, 60/30, 9/5 hard/easy
+    half = draw(rows, None, seed=0, path="train.jsonl", easy_share=0.5)
+    got = Counter((r["k"], r["difficulty"]) for r in half)
+    assert got == {(1, "hard"): 18, (1, "easy"): 18, (2, "hard"): 30, (2, "easy"): 30,
+                   (4, "hard"): 5, (4, "easy"): 5}
+    assert [r for r in rows if r in half] == half  # file order kept
+    assert draw(rows, None, 0, "t", 0.5) == half and draw(rows, None, 1, "t", 0.5) != half
+    # more easy than the pool has per hard set: all easy sets, hard ones drawn to match
+    quarter_hard = Counter((r["k"], r["difficulty"]) for r in draw(rows, None, 0, "t", 0.75))
+    assert quarter_hard == {(1, "hard"): 6, (1, "easy"): 18, (2, "hard"): 10,
+                            (2, "easy"): 30, (4, "hard"): 2, (4, "easy"): 5}
+    assert {r["difficulty"] for r in draw(rows, None, 0, "t", 0.0)} == {"hard"}
+    assert len(draw(rows, None, 0, "t", 0.0)) == 37 + 60 + 9
+    # with a cap, the capped draw keeps the share
+    capped = Counter(r["difficulty"] for r in draw(rows, 40, 0, "t", 0.5))
+    assert capped == {"hard": 20, "easy": 20}
+
+
+def test_easy_share_without_easy_sets_names_the_key():
+    hard_only = [r for r in curated_rows() if r["difficulty"] == "hard"]
+    with pytest.raises(DataError, match=r"train.jsonl.*training.easy_share=0.5 leaves no rows"):
+        draw(hard_only, None, 0, "train.jsonl", easy_share=0.5)
+
+
 def test_wandb_key_stays_in_the_environment(full_config, tmp_path):
     """The real shell line with the key set, OpenRLHF's own strategy printing the parsed
     namespace: the key is in no file, log or namespace; W&B is on through the placeholder."""

@@ -11,10 +11,12 @@ from confagg.train_data import select_file
 def main(smk):
     log = setup_logging(smk)
     summary = select_file(smk.input[0], smk.output.rows, smk.params.cap, smk.params.seed,
-                          show_confidence=bool(smk.params.show_confidence))
+                          show_confidence=bool(smk.params.show_confidence),
+                          easy_share=smk.params.easy_share)
     atomic_write_text(smk.output.mix, json.dumps(summary, indent=1) + "\n")
-    log.info("%s: %d of %d rows kept (cap %s), confidence %s; mix %s", smk.wildcards.split,
-             summary["kept"], summary["rows"], smk.params.cap,
+    log.info("%s: %d of %d rows kept (cap %s, easy share %s), confidence %s; mix %s",
+             smk.wildcards.split, summary["kept"], summary["rows"], smk.params.cap,
+             "as curated" if smk.params.easy_share is None else smk.params.easy_share,
              "shown" if smk.params.show_confidence else "left out", summary["kept_mix"])
 
 

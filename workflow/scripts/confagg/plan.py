@@ -103,6 +103,12 @@ def plan(config: dict[str, Any], *, known: dict[str, int] | None = None,
     out["curated_train_rows"], out["curated_rows_from"] = rows, rows_from
 
     cap = t["max_prompts"]
+    if t["easy_share"] is not None and rows_from == "curated":
+        from .io import read_jsonl
+        from .train_data import share_sizes, strata
+
+        sizes = {s: len(v) for s, v in strata(read_jsonl(curated), str(curated)).items()}
+        rows = sum(share_sizes(sizes, t["easy_share"]).values())
     prompts = cap if rows is None else (rows if cap is None else min(rows, cap))
     out["training_prompts"] = prompts
     if t["trainer"] == "trl":

@@ -6,6 +6,11 @@ hard sets plus easy_percent% easy ones, per k), by largest-remainder allocation.
 stratum is drawn with its own seeded generator, and the chosen rows keep their file
 order, so a run's prompts depend only on the split, the cap and the seed: the AggLM
 baseline's run (no confidence) draws the same sets as the confidence run.
+
+`training.easy_share` sets the training prompts' share of easy sets instead, per k: as
+many rows as keep that share (all the scarcer kind, the other drawn). Curation keeps
+every hard set, so a weak solver's pool is mostly hard; the study's probes learned
+fastest with half of the sets easy (docs/study.md).
 """
 
 from __future__ import annotations
@@ -48,13 +53,35 @@ def allocate(sizes: dict[tuple[int, str], int], cap: int) -> dict[tuple[int, str
     return take
 
 
-def draw(rows: list[dict[str, Any]], cap: int | None, seed: int, path: str
-         ) -> list[dict[str, Any]]:
-    """At most `cap` rows (all when `cap` is None), the (k, difficulty) mix kept."""
+def share_sizes(sizes: dict[tuple[int, str], int], easy_share: float
+                ) -> dict[tuple[int, str], int]:
+    """Rows per stratum such that, for each k, easy sets are `easy_share` of the rows:
+    the most rows the strata allow (every row of the scarcer kind)."""
+    out = {}
+    for k in sorted({k for k, _ in sizes}):
+        hard, easy = sizes.get((k, "hard"), 0), sizes.get((k, "easy"), 0)
+        total = min(hard / (1 - easy_share) if easy_share < 1 else float("inf"),
+                    easy / easy_share if easy_share > 0 else float("inf"))
+        n_easy = min(easy, round(total * easy_share))
+        out[(k, "hard")], out[(k, "easy")] = min(hard, round(total - n_easy)), n_easy
+    return {s: n for s, n in out.items() if s in sizes}
+
+
+def draw(rows: list[dict[str, Any]], cap: int | None, seed: int, path: str,
+         easy_share: float | None = None) -> list[dict[str, Any]]:
+    """At most `cap` rows (all when `cap` is None), the (k, difficulty) mix kept, or with
+    `easy_share` set, each k's rows that share easy."""
     groups = strata(rows, path)
-    if cap is None or cap >= len(rows):
+    sizes = {s: len(v) for s, v in groups.items()}
+    if easy_share is not None:
+        sizes = share_sizes(sizes, easy_share)
+        if not sum(sizes.values()):
+            have = ", ".join(f"k={k} {d}: {n}" for (k, d), n in sorted(groups.items()))
+            raise DataError(path, f"training.easy_share={easy_share} leaves no rows: no k has "
+                            f"both kinds of set it needs ({have})", field="difficulty")
+    elif cap is None or cap >= len(rows):
         return list(rows)
-    take = allocate({s: len(v) for s, v in groups.items()}, cap)
+    take = sizes if cap is None else allocate(sizes, cap)
     chosen: list[int] = []
     for (k, d), idx in sorted(groups.items()):
         chosen += random.Random(f"{seed}:{k}:{d}").sample(idx, take[(k, d)])
@@ -88,7 +115,8 @@ def run_prompts(rows: list[dict[str, Any]], show_confidence: bool, path: str
 
 
 def select_file(src: str, dst: str, cap: int | None, seed: int, *,
-                show_confidence: bool = True) -> dict[str, Any]:
+                show_confidence: bool = True, easy_share: float | None = None
+                ) -> dict[str, Any]:
     """Write the drawn rows of `src` to `dst` with the run's prompt (`run_prompts`);
     returns the mix before and after. Runs with and without confidence draw the same
     rows."""
@@ -98,7 +126,7 @@ def select_file(src: str, dst: str, cap: int | None, seed: int, *,
     if not rows:
         raise DataError(src, "no rows")
     prompts = run_prompts(rows, show_confidence, src)
-    kept = draw(prompts, cap, seed, src)
+    kept = draw(prompts, cap, seed, src, easy_share)
     write_jsonl(dst, kept)
     return {"path": src, "rows": len(rows), "kept": len(kept), "mix": mix(rows),
             "kept_mix": mix(kept)}
