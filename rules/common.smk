@@ -34,8 +34,8 @@ DECONTAMINATE_AGAINST = list(config["curation"]["decontaminate_against"] or BENC
 # CPU threads of a job that holds a vLLM engine or the TRL trainer: Snakemake exports
 # OMP_NUM_THREADS (torch's thread count) = the job's threads, 1 by default. Locally it is
 # capped at --cores, so on a 2-core machine such a job uses both cores (they run one at a
-# time: resource gpu); on SLURM the profiles' cpus_per_task match it. Profiles change it
-# with set-threads. (train_openrlhf keeps 1: Ray's actors inherit it.)
+# time: resource gpu); on SLURM the profile's cpus_per_task match it (a site that lowers
+# those sets set-threads alike). Profiles change it with set-threads. (train_openrlhf keeps 1: Ray's actors inherit it.)
 ENGINE_THREADS = 8
 
 # Final targets; each stage's .smk appends its own. `rule all` consumes them.

@@ -114,17 +114,21 @@ def test_curated_rows_carry_the_prompt_without_confidence(tmp_path, style):
                               flags=re.M)) == r["k"]
 
 
-def test_agglm_prompts_are_the_same_sets_without_confidence(tmp_path):
+@pytest.mark.parametrize("easy_share", [None, 0.5])
+def test_agglm_prompts_are_the_same_sets_without_confidence(tmp_path, easy_share):
     rows, _, _ = curated_rows(tmp_path)
     src = tmp_path / "train.jsonl"
     write_jsonl(src, rows)
     conf_dst, agglm_dst = tmp_path / "conf.jsonl", tmp_path / "agglm.jsonl"
     cap = len(rows) - 3  # a real draw, not the whole file
-    conf_mix = select_file(str(src), str(conf_dst), cap, 5, show_confidence=True)
-    agglm_mix = select_file(str(src), str(agglm_dst), cap, 5, show_confidence=False)
+    conf_mix = select_file(str(src), str(conf_dst), cap, 5, show_confidence=True,
+                           easy_share=easy_share)
+    agglm_mix = select_file(str(src), str(agglm_dst), cap, 5, show_confidence=False,
+                            easy_share=easy_share)
     assert conf_mix == agglm_mix
     conf, agglm = read_jsonl(conf_dst), read_jsonl(agglm_dst)
-    assert len(conf) == len(agglm) == cap
+    assert len(conf) == len(agglm) and 0 < len(conf) <= cap
+    assert easy_share is not None or len(conf) == cap
     by_set = {(r["problem_id"], tuple(r["candidate_ids"])): r for r in rows}
     for c, a in zip(conf, agglm):
         for key in ("problem_id", "answer", "k", "difficulty", "candidate_ids"):

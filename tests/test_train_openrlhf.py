@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from confagg.config import ConfigError, load_config
 from confagg.io import DataError
-from confagg.train_data import draw
+from confagg.train_data import draw, share_sizes
 from confagg.train_openrlhf import (
     REWARD_FILE,
     WANDB_KEY_PLACEHOLDER,
@@ -273,11 +273,17 @@ def test_easy_share_sets_the_mix_per_k_and_keeps_the_scarcer_kind():
     # with a cap, the capped draw keeps the share
     capped = Counter(r["difficulty"] for r in draw(rows, 40, 0, "t", 0.5))
     assert capped == {"hard": 20, "easy": 20}
+    # the scarcer kind stays whole where the share's product falls on a half
+    assert share_sizes({(1, "hard"): 1, (1, "easy"): 10}, 0.6) == {(1, "hard"): 1,
+                                                                   (1, "easy"): 2}
+    assert share_sizes({(1, "hard"): 5, (1, "easy"): 100}, 0.6) == {(1, "hard"): 5,
+                                                                    (1, "easy"): 8}
 
 
 def test_easy_share_without_easy_sets_names_the_key():
     hard_only = [r for r in curated_rows() if r["difficulty"] == "hard"]
-    with pytest.raises(DataError, match=r"train.jsonl.*training.easy_share=0.5 leaves no rows"):
+    with pytest.raises(DataError, match=r"train.jsonl.*training.easy_share=0.5 leaves no rows"
+                       r".*\(k=1 hard: 37, k=2 hard: 60, k=4 hard: 9\)"):
         draw(hard_only, None, 0, "train.jsonl", easy_share=0.5)
 
 

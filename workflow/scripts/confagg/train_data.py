@@ -15,6 +15,7 @@ fastest with half of the sets easy (docs/study.md).
 
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
 from typing import Any
@@ -60,10 +61,18 @@ def share_sizes(sizes: dict[tuple[int, str], int], easy_share: float
     out = {}
     for k in sorted({k for k, _ in sizes}):
         hard, easy = sizes.get((k, "hard"), 0), sizes.get((k, "easy"), 0)
-        total = min(hard / (1 - easy_share) if easy_share < 1 else float("inf"),
-                    easy / easy_share if easy_share > 0 else float("inf"))
-        n_easy = min(easy, round(total * easy_share))
-        out[(k, "hard")], out[(k, "easy")] = min(hard, round(total - n_easy)), n_easy
+        # keep the scarcer kind whole; of the other, the count nearest the share
+        if easy_share < 1 and hard * easy_share <= easy * (1 - easy_share):
+            x = hard * easy_share / (1 - easy_share)
+            n_hard, n_easy = hard, min(easy, min(
+                (math.floor(x), math.ceil(x)),
+                key=lambda n: (abs(n / max(n + hard, 1) - easy_share), -n)))
+        else:
+            x = easy * (1 - easy_share) / easy_share
+            n_hard, n_easy = min(hard, min(
+                (math.floor(x), math.ceil(x)),
+                key=lambda n: (abs(easy / max(n + easy, 1) - easy_share), -n))), easy
+        out[(k, "hard")], out[(k, "easy")] = n_hard, n_easy
     return {s: n for s, n in out.items() if s in sizes}
 
 
@@ -76,7 +85,7 @@ def draw(rows: list[dict[str, Any]], cap: int | None, seed: int, path: str,
     if easy_share is not None:
         sizes = share_sizes(sizes, easy_share)
         if not sum(sizes.values()):
-            have = ", ".join(f"k={k} {d}: {n}" for (k, d), n in sorted(groups.items()))
+            have = ", ".join(f"k={k} {d}: {len(v)}" for (k, d), v in sorted(groups.items()))
             raise DataError(path, f"training.easy_share={easy_share} leaves no rows: no k has "
                             f"both kinds of set it needs ({have})", field="difficulty")
     elif cap is None or cap >= len(rows):
