@@ -31,12 +31,13 @@ BENCHMARKS = list(config["benchmarks"])
 # still checked (rule benchmark_overlap) and shown in the report.
 DECONTAMINATE_AGAINST = list(config["curation"]["decontaminate_against"] or BENCHMARKS)
 
-# CPU threads of a job that holds a vLLM engine or the TRL trainer: Snakemake exports
-# OMP_NUM_THREADS (torch's thread count) = the job's threads, 1 by default. Locally it is
-# capped at --cores, so on a 2-core machine such a job uses both cores (they run one at a
-# time: resource gpu); on SLURM the profile's cpus_per_task match it (a site that lowers
-# those sets set-threads alike). Profiles change it with set-threads. (train_openrlhf keeps 1: Ray's actors inherit it.)
-ENGINE_THREADS = 8
+# CPU threads of the TRL trainer's job: Snakemake exports OMP_NUM_THREADS (torch's thread
+# count) = the job's threads, 1 by default. Locally it is capped at --cores: on 2 cores
+# a GRPO step takes 0.75x the time with both. On SLURM the profile's cpus_per_task
+# match it (a site that lowers those sets set-threads alike). vLLM's jobs (generate,
+# aggregate) keep 1: on 2 cores a CPU worker with 2 threads starves the engine's own
+# processes (a study shard ran 3x slower). train_openrlhf keeps 1: Ray's actors inherit it.
+TRAINER_THREADS = 8
 
 # Final targets; each stage's .smk appends its own. `rule all` consumes them.
 TARGETS = []

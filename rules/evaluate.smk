@@ -56,7 +56,6 @@ rule aggregate:
         progress_dir="results/.progress/evaluate/{run}/{benchmark}/{method}",
     # a failed job resumes from its saved batches
     retries: 1
-    threads: ENGINE_THREADS
     resources:
         gpu=1,
         mem_mb=64000,

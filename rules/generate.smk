@@ -21,7 +21,6 @@ rule generate:
         progress_dir="results/.progress/generate/{model}/{dataset}/shard{shard}",
     # a failed shard resumes from its saved batches
     retries: 1
-    threads: ENGINE_THREADS
     resources:
         gpu=1,
         mem_mb=64000,

@@ -88,7 +88,7 @@ else:
             tensorboard=TENSORBOARD,
         # a failed run resumes from its last checkpoint
         retries: 1
-        threads: ENGINE_THREADS
+        threads: TRAINER_THREADS
         resources:
             gpu=1,
             mem_mb=64000,
