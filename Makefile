@@ -73,7 +73,7 @@ $(OR_STAMP): requirements/openrlhf.txt requirements/constraints-openrlhf.txt pyp
 run: setup
 	$(VENV)/bin/snakemake --profile profiles/local
 
-# The study recipe (140 min of jobs on 2 cores, measured) in results/study-arith: docs/study.md.
+# The study recipe (98 min on 2 cores, measured) in results/study-arith: docs/study.md.
 study: setup
 	$(VENV)/bin/snakemake --profile profiles/study
 
