@@ -36,7 +36,7 @@ DECONTAMINATE_AGAINST = list(config["curation"]["decontaminate_against"] or BENC
 # a GRPO step takes 0.75x the time with both. On SLURM the profile's cpus_per_task
 # match it (a site that lowers those sets set-threads alike). vLLM's jobs (generate,
 # aggregate) keep 1: on 2 cores a CPU worker with 2 threads starves the engine's own
-# processes (a study shard ran 3x slower). train_openrlhf keeps 1: Ray's actors inherit it.
+# processes (a study shard ran 4x slower). train_openrlhf keeps 1: Ray's actors inherit it.
 TRAINER_THREADS = 8
 
 # Final targets; each stage's .smk appends its own. `rule all` consumes them.

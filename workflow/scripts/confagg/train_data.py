@@ -54,6 +54,14 @@ def allocate(sizes: dict[tuple[int, str], int], cap: int) -> dict[tuple[int, str
     return take
 
 
+def _nearest_count(whole: int, share: float) -> int:
+    """Rows of one kind beside `whole` rows of the other such that they are nearest
+    `share` of all (share < 1); ties go to the larger count."""
+    x = whole * share / (1 - share)
+    return min((math.floor(x), math.ceil(x)),
+               key=lambda n: (abs(n / max(n + whole, 1) - share), -n))
+
+
 def share_sizes(sizes: dict[tuple[int, str], int], easy_share: float
                 ) -> dict[tuple[int, str], int]:
     """Rows per stratum such that, for each k, easy sets are `easy_share` of the rows:
@@ -63,15 +71,9 @@ def share_sizes(sizes: dict[tuple[int, str], int], easy_share: float
         hard, easy = sizes.get((k, "hard"), 0), sizes.get((k, "easy"), 0)
         # keep the scarcer kind whole; of the other, the count nearest the share
         if easy_share < 1 and hard * easy_share <= easy * (1 - easy_share):
-            x = hard * easy_share / (1 - easy_share)
-            n_hard, n_easy = hard, min(easy, min(
-                (math.floor(x), math.ceil(x)),
-                key=lambda n: (abs(n / max(n + hard, 1) - easy_share), -n)))
+            n_hard, n_easy = hard, min(easy, _nearest_count(hard, easy_share))
         else:
-            x = easy * (1 - easy_share) / easy_share
-            n_hard, n_easy = min(hard, min(
-                (math.floor(x), math.ceil(x)),
-                key=lambda n: (abs(easy / max(n + easy, 1) - easy_share), -n))), easy
+            n_hard, n_easy = min(hard, _nearest_count(easy, 1 - easy_share)), easy
         out[(k, "hard")], out[(k, "easy")] = n_hard, n_easy
     return {s: n for s, n in out.items() if s in sizes}
 
