@@ -67,7 +67,7 @@ def test_non_ascii_and_garbage_answers_do_not_crash(grader):
 def test_pathological_input_times_out_within_the_limit():
     with Grader(workers=1, timeout_s=2.0) as g:
         start = time.monotonic()
-        grades = g.grade([("1", "10^{10^{10^{10^{10^{10}}}}}"), ("2", "2")])
+        grades = g.grade([("1.5", "10^{10^{10^{10^{10^{10}}}}}"), ("2", "2")])
         elapsed = time.monotonic() - start
     assert grades == [Grade(False, "timeout"), Grade(True, "ok")]
     # The CPU-time limit ended it (not the wall-clock backstop), never a hang; its wall
@@ -107,7 +107,7 @@ def test_clusters_group_equivalent_forms(grader):
 def test_verify_one_never_raises():
     assert verify_one("4", r"\boxed{4}".replace(r"\boxed{", "").rstrip("}")) == Grade(True, "ok")
     assert verify_one("4", None) == Grade(False, "no_answer")
-    assert verify_one("1", "10^{10^{10^{10^{10^{10}}}}}", timeout_s=1.0).status == "timeout"
+    assert verify_one("1.5", "10^{10^{10^{10^{10^{10}}}}}", timeout_s=1.0).status == "timeout"
 
 
 def test_surrounding_whitespace_shares_one_cache_entry_with_math_verifys_verdict():
@@ -125,7 +125,7 @@ def test_surrounding_whitespace_shares_one_cache_entry_with_math_verifys_verdict
 def test_a_hang_inside_a_batch_costs_only_its_own_item():
     hang = "10^{10^{10^{10^{10^{10}}}}}"
     items = [("1/2", f"{i}/{2 * i}") for i in range(1, 9)]
-    items.insert(4, ("1", hang))
+    items.insert(4, ("1.5", hang))
     with Grader(workers=1, timeout_s=2.0) as g:
         grades = g.grade(items)
         assert g.stats["timeouts"] == 1
@@ -165,6 +165,7 @@ def test_workers_start_without_the_main_module_and_outside_the_time_limit(tmp_pa
 # ----------------------------------------------------------------------------- faults
 
 HANG = "10^{10^{10^{10^{10^{10}}}}}"  # math-verify's verify never returns on it
+# (graded against non-integer golds: against an integer it is a computation, wrong unseen)
 
 
 def _gone(pid: int) -> bool:
@@ -182,7 +183,7 @@ import sys, threading, time
 from confagg.grading import Grader
 if __name__ == "__main__":
     g = Grader(workers=2, timeout_s=600)
-    threading.Thread(target=g.grade, args=([("1", sys.argv[1]), ("2", sys.argv[1] + "+1")],),
+    threading.Thread(target=g.grade, args=([("1.5", sys.argv[1]), ("2.5", sys.argv[1] + "+1")],),
                      daemon=True).start()
     while len(g.worker_pids()) < 2:
         time.sleep(0.1)
@@ -259,7 +260,7 @@ def test_an_item_whose_worker_dies_twice_is_an_error_not_a_hang():
     with Grader(workers=1, timeout_s=600) as g:
         g.grade([("1/4", "0.25")])
         out = {}
-        t = threading.Thread(target=lambda: out.update(grades=g.grade([("1", HANG)])))
+        t = threading.Thread(target=lambda: out.update(grades=g.grade([("1.5", HANG)])))
         t.start()
         killed = []
         deadline = time.monotonic() + 60
@@ -342,3 +343,19 @@ def test_cheap_keys_join_equal_numbers_only():
     different = [("1/2", "0.50001"), (r"\pi r", r"\pir"), ("10\\%", "10"), ("0.1", "10\\%")]
     assert all(cheap_key(a) == cheap_key(b) for a, b in same)
     assert all(cheap_key(a) != cheap_key(b) for a, b in different)
+
+
+def test_an_unevaluated_computation_is_not_an_integer_answer(grader):
+    """Restating the problem ("3 - 2" for 1) is not an answer: math-verify evaluates it
+    and calls it right, and the study's trained aggregator learned to do just that
+    (209 of its 214 right answers). Where the gold is an integer, an answer that still
+    holds an operation between numbers is wrong; plain forms of the number stay right."""
+    restated = [("1", "3 - 2"), ("32", "8 * 4"), ("15", "8 + 7"), ("1", "3/3"),
+                ("1000", "10^{3}"), ("6", r"2 \cdot 3"), ("12", r"3 \times 4"), ("12", "15 \n- 3")]
+    assert grader.grade(restated) == [Grade(False, "ok")] * len(restated)
+    plain = [("1", "1"), ("-3", "-3"), ("5", "5.0"), ("1000", "1000"), ("2", r"\frac{4}{2}"),
+             ("12", "+12")]
+    assert [g.correct for g in grader.grade(plain)] == [True] * len(plain)
+    # not an integer gold: expressions are answers (HMMT's gold is one)
+    assert grader.grade([(r"2^{25} \cdot 26!", r"26! \cdot 2^{25}"), ("0.5", "1/2")]) == [
+        Grade(True, "ok")] * 2

@@ -72,7 +72,7 @@ def test_answer_only_in_the_prompt_earns_nothing():
 def test_pathological_expression_times_out_at_the_configured_limit():
     configure(timeout_s=1.0)
     start = time.monotonic()
-    reward_, logs = one("\\boxed{10^{10^{10^{10^{10^{10}}}}}}", label="1")
+    reward_, logs = one("\\boxed{10^{10^{10^{10^{10^{10}}}}}}", label="1.5")
     elapsed = time.monotonic() - start
     assert reward_ == 0.0 and logs["reward_timeout"] == 1.0 and logs["reward_error"] == 0.0
     assert [g.timeout_s for g in reward._pool()._all] == [1.0]  # not a fixed 5 s

@@ -37,6 +37,11 @@ STATUSES = ("ok", "no_answer", "timeout", "error")
 # Plain integers (most AIME/GSM8K/arithmetic answers) are compared without math-verify,
 # which gives the same verdict for them; this skips a worker round trip per pair.
 _INT = re.compile(r"-?[0-9]{1,100}")  # bounded: int() refuses huge digit strings
+# An operation still between two numbers ("3 - 2", "10^{3}", "2 \\cdot 3"). math-verify
+# evaluates it, so restating the problem's own computation would grade as right; where
+# the gold is an integer (AIME, HMMT's integers, GSM8K, the builtin set) it is not an
+# answer. A leading sign ("-3", "+12") has no number before it and stays an answer.
+_COMPUTATION = re.compile(r"[0-9)}]\s*(?:[-+*/^\u00d7\u00f7]|\\times|\\cdot|\\div)\s*[0-9({\\]")
 CACHE_SIZE = 1 << 17  # results kept across calls (least recently used go first)
 
 
@@ -76,6 +81,10 @@ def _norm(s: str) -> str:
     """The form an answer is compared in: surrounding whitespace never changes a verdict
     (both sides are wrapped in \\boxed{}), so " 1/2" and "1/2 " share one cache entry."""
     return s.strip()
+
+
+def _restates_a_computation(gold: str, answer: str) -> bool:
+    return bool(_INT.fullmatch(gold.strip()) and _COMPUTATION.search(answer))
 
 
 def _int_pair(a: str, b: str) -> tuple[int, int] | None:
@@ -201,9 +210,10 @@ class Grader:
 
     def grade(self, items: Sequence[tuple[str, str | None]],
               progress: str | None = None) -> list[Grade]:
-        """Grade (gold, answer) pairs. No answer: no_answer; timeout/error: not correct."""
+        """Grade (gold, answer) pairs. No answer: no_answer; timeout/error: not correct;
+        an integer gold answered by an unevaluated computation: not correct."""
         tasks = [("grade", _norm(g), _norm(a)) for g, a in items
-                 if a is not None and not _int_pair(g, a)]
+                 if a is not None and not _int_pair(g, a) and not _restates_a_computation(g, a)]
         results = self._run(tasks, progress)
         grades = []
         for gold, ans in items:
@@ -213,6 +223,9 @@ class Grader:
             ints = _int_pair(gold, ans)
             if ints:
                 grades.append(Grade(ints[0] == ints[1], "ok"))
+                continue
+            if _restates_a_computation(gold, ans):
+                grades.append(Grade(False, "ok"))
                 continue
             status, value = results[("grade", _norm(gold), _norm(ans))]
             grades.append(Grade(bool(value) if status == "ok" else False, status))
