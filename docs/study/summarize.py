@@ -1,0 +1,113 @@
+"""The figures docs/study.md quotes from a study working directory: job times from the
+rules' benchmark files, training reward by quarter of the run, and the held-out rows.
+
+    .venv/bin/python docs/study/summarize.py results/study-arith
+
+Reads only what the pipeline wrote (logs/timings/**.tsv, results/train/*/train_log.jsonl,
+results/report/summary.csv and paired_differences.csv), and re-grades the saved held-out
+aggregations and samples under the current grading rule (an integer gold answered by an
+unevaluated computation such as "3 - 2" is wrong), which only turns right into wrong, so
+runs graded before that rule can be read on today's terms."""
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "workflow" / "scripts"))
+from confagg.grading import _restates_a_computation  # noqa: E402
+
+METHODS = ("single", "majority", "weighted", "conf_agg", "agglm", "agg_prompted")
+
+
+def job_times(workdir: Path) -> None:
+    wall = cpu = 0.0
+    for tsv in sorted((workdir / "logs" / "timings").rglob("*.tsv")):
+        header, *rows = [line.split("\t") for line in tsv.read_text().splitlines()]
+        row = dict(zip(header, rows[-1]))
+        seconds = float(row["s"])
+        cpu_seconds = float(row["cpu_time"]) if row.get("cpu_time", "NA") not in ("NA", "-") else 0.0
+        wall, cpu = wall + seconds, cpu + cpu_seconds
+        if seconds > 30:
+            name = tsv.relative_to(workdir / "logs" / "timings")
+            print(f"{str(name):72s} {seconds / 60:6.1f} min  (CPU {cpu_seconds / 60:6.1f})")
+    print(f"job time {wall / 60:.1f} min, CPU {cpu / 60:.1f} min")
+
+
+def rewards(workdir: Path) -> None:
+    for log in sorted((workdir / "results" / "train").glob("*/train_log.jsonl")):
+        steps = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        reward = [s["reward"] for s in steps if "reward" in s]
+        quarter = max(1, len(reward) // 4)
+        means = [sum(reward[i:i + quarter]) / len(reward[i:i + quarter])
+                 for i in range(0, len(reward), quarter)]
+        print(f"{log.parent.name}: {len(reward)} steps, reward by {quarter} steps: "
+              + " / ".join(f"{m:.2f}" for m in means))
+
+
+def points(row: dict, key: str) -> str:
+    return f"{100 * float(row[key]):+.1f}"
+
+
+def held_out(workdir: Path) -> None:
+    report = workdir / "results" / "report"
+    for row in csv.DictReader(open(report / "summary.csv")):
+        if row["method"] in METHODS:
+            line = (f"{row['benchmark']} {row['method']} m={row['budget']}: "
+                    f"{100 * float(row['accuracy']):.1f} "
+                    f"[{100 * float(row['ci_low']):.1f}, {100 * float(row['ci_high']):.1f}]")
+            if row.get("diff"):
+                line += (f"  vs {row['diff_ref']}: {points(row, 'diff')} "
+                         f"[{points(row, 'diff_low')}, {points(row, 'diff_high')}]")
+            print(line)
+    for row in csv.DictReader(open(report / "paired_differences.csv")):
+        print(f"{row['method']} - {row['baseline']} m={row['budget']}: {points(row, 'diff')} "
+              f"[{points(row, 'diff_low')}, {points(row, 'diff_high')}] {row['verdict']}")
+
+
+def regraded(workdir: Path, benchmark: str = "arith_heldout") -> None:
+    gold = {}
+    for line in open(workdir / "resources" / "datasets" / f"{benchmark}.jsonl"):
+        row = json.loads(line)
+        gold[row["id"]] = row["answer"]
+
+    def still_right(d: pd.DataFrame) -> np.ndarray:
+        return np.array([bool(c) and not _restates_a_computation(gold[p], str(a))
+                         for p, a, c in zip(d.problem_id, d.answer, d.correct)])
+
+    samples = pd.read_parquet(workdir / "results/generate/smollm2-135m" / benchmark / "samples.parquet")
+    print(f"re-graded: single {100 * samples.correct.mean():.1f} -> {100 * still_right(samples).mean():.1f}")
+    per_problem = {}
+    for path in sorted((workdir / "results/evaluate").glob(f"*/{benchmark}/aggregations/*.parquet")):
+        d = pd.read_parquet(path)
+        d["right"] = still_right(d)
+        for m, g in d.groupby("budget"):
+            per_problem[path.stem, m] = g.groupby("problem_id")["right"].mean()
+            print(f"re-graded: {path.stem} m={m}: {100 * g.correct.mean():.1f} -> {100 * g.right.mean():.1f}")
+    rng = np.random.default_rng(0)
+    for method, baseline in (("conf_agg", "agg_prompted"), ("conf_agg", "agglm")):
+        for (name, m), series in per_problem.items():
+            if name != method or (baseline, m) not in per_problem:
+                continue
+            diff = (series - per_problem[baseline, m].reindex(series.index)).to_numpy()
+            boot = rng.choice(diff, size=(1000, diff.size)).mean(axis=1)
+            low, high = np.percentile(boot, [2.5, 97.5])
+            print(f"re-graded: {method} - {baseline} m={m}: {100 * diff.mean():+.1f} "
+                  f"[{100 * low:+.1f}, {100 * high:+.1f}] (paired bootstrap over problems)")
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    workdir = Path(sys.argv[1])
+    job_times(workdir)
+    rewards(workdir)
+    held_out(workdir)
+    regraded(workdir)
+
+
+if __name__ == "__main__":
+    main()
