@@ -56,6 +56,23 @@ def test_problem_stats_by_hand(tmp_path):
     assert p3["n_no_answer"] == 4 and p3["n_distinct_answers"] == 0
 
 
+def test_a_cluster_whose_verdicts_differ_counts_each_verdict_apart(tmp_path):
+    """"1" and the restated "3 - 2" are one equivalence cluster, but only "1" is graded
+    right (confagg.grading): a set holding "1" alone is easy, the majority of "3 - 2"
+    twice and "1" once is wrong, as the estimators count them."""
+    spec = {"p": [("1", 0, True, 1.0), ("3 - 2", 0, False, 1.0), ("3 - 2", 0, False, 1.0),
+                  ("5", 1, False, 1.0)]}
+    samples = curation.load_samples(write_samples(tmp_path / "s.parquet", spec), "mean")
+    stats = curation.problem_stats(samples).to_pylist()[0]
+    assert stats["majority_answer"] == "3 - 2" and not stats["majority_correct"]
+    assert stats["n_distinct_answers"] == 3
+    counts = {}
+    sets = curation.build_sets(samples, k_values=[1], sets_per_problem=4, easy_ratio=1e3,
+                               seed=0, on_too_few="error", path="s", counts=counts)
+    easy = [s["candidate_ids"] for s in sets if s["difficulty"] == "easy"]
+    assert easy == [[0]] and counts[1]["easy_available"] == 1 and counts[1]["hard"] == 3
+
+
 def test_missing_column_names_file_and_column(tmp_path):
     pq.write_table(pa.table({"problem_id": ["a"], "sample_idx": [0]}), tmp_path / "bad.parquet")
     with pytest.raises(DataError) as err:

@@ -59,14 +59,29 @@ def load_samples(path: str, metric: str, *,
         g["conf"].append(t[col][i])
     out = {}
     for pid, g in groups.items():
-        out[pid] = {**g, "cluster": np.asarray(g["cluster"], dtype=np.int32),
-                    "correct": np.asarray(g["correct"], dtype=bool),
+        correct = np.asarray(g["correct"], dtype=bool)
+        out[pid] = {**g, "cluster": one_verdict_per_cluster(g["cluster"], correct),
+                    "correct": correct,
                     "conf": np.asarray(g["conf"], dtype=np.float64)}
     return out
 
 
+def one_verdict_per_cluster(clusters, correct: np.ndarray) -> np.ndarray:
+    """The clusters, with the wrong members of a cluster that also has right ones given
+    a new id. Equivalence can join answers that grading tells apart ("1" and the
+    restated "3 - 2"); the estimators count such a cluster as two, and so does curation."""
+    out = np.asarray(clusters, dtype=np.int32).copy()
+    new = int(out.max(initial=-1)) + 1
+    for c in np.unique(out[out >= 0]):
+        members = out == c
+        if correct[members].any() and not correct[members].all():
+            out[members & ~correct] = new
+            new += 1
+    return out
+
+
 def cluster_correct(clusters: np.ndarray, correct: np.ndarray) -> dict[int, bool]:
-    """Whether each answer cluster is right (its members agree; take the majority)."""
+    """Whether each answer cluster is right (load_samples gives each one verdict)."""
     out = {}
     for c in np.unique(clusters[clusters >= 0]):
         out[int(c)] = bool(correct[clusters == c].mean() >= 0.5)
