@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "workflow" / "scripts"))
-from confagg.grading import _restates_a_computation  # noqa: E402
+from confagg.grading import restates_a_computation  # noqa: E402
 
 METHODS = ("single", "majority", "weighted", "conf_agg", "agglm", "agg_prompted")
 
@@ -75,7 +75,7 @@ def regraded(workdir: Path, benchmark: str = "arith_heldout") -> None:
         gold[row["id"]] = row["answer"]
 
     def still_right(d: pd.DataFrame) -> np.ndarray:
-        return np.array([bool(c) and not _restates_a_computation(gold[p], str(a))
+        return np.array([bool(c) and not restates_a_computation(gold[p], str(a))
                          for p, a, c in zip(d.problem_id, d.answer, d.correct)])
 
     samples = pd.read_parquet(workdir / "results/generate/smollm2-135m" / benchmark / "samples.parquet")

@@ -83,7 +83,7 @@ def _norm(s: str) -> str:
     return s.strip()
 
 
-def _restates_a_computation(gold: str, answer: str) -> bool:
+def restates_a_computation(gold: str, answer: str) -> bool:
     return bool(_INT.fullmatch(gold.strip()) and _COMPUTATION.search(answer))
 
 
@@ -213,7 +213,7 @@ class Grader:
         """Grade (gold, answer) pairs. No answer: no_answer; timeout/error: not correct;
         an integer gold answered by an unevaluated computation: not correct."""
         tasks = [("grade", _norm(g), _norm(a)) for g, a in items
-                 if a is not None and not _int_pair(g, a) and not _restates_a_computation(g, a)]
+                 if a is not None and not _int_pair(g, a) and not restates_a_computation(g, a)]
         results = self._run(tasks, progress)
         grades = []
         for gold, ans in items:
@@ -224,7 +224,7 @@ class Grader:
             if ints:
                 grades.append(Grade(ints[0] == ints[1], "ok"))
                 continue
-            if _restates_a_computation(gold, ans):
+            if restates_a_computation(gold, ans):
                 grades.append(Grade(False, "ok"))
                 continue
             status, value = results[("grade", _norm(gold), _norm(ans))]
