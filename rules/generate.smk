@@ -1,6 +1,8 @@
 # Stage 1, generate: n samples per problem from the solver, one vLLM engine per
 # shard job, merged, then graded with math-verify.
 
+from confagg.grading import GRADING_RULES  # noqa: E402
+
 
 rule generate:
     input:
@@ -68,6 +70,7 @@ rule grade_samples:
     params:
         workers=config["grading"]["workers"],
         timeout_s=config["grading"]["timeout_s"],
+        rules=GRADING_RULES,
     threads: config["grading"]["workers"]
     resources:
         mem_mb=16000,

@@ -56,13 +56,21 @@ def test_problem_stats_by_hand(tmp_path):
     assert p3["n_no_answer"] == 4 and p3["n_distinct_answers"] == 0
 
 
-def test_a_cluster_whose_verdicts_differ_counts_each_verdict_apart(tmp_path):
-    """"1" and the restated "3 - 2" are one equivalence cluster, but only "1" is graded
-    right (confagg.grading): a set holding "1" alone is easy, the majority of "3 - 2"
-    twice and "1" once is wrong, as the estimators count them."""
-    spec = {"p": [("1", 0, True, 1.0), ("3 - 2", 0, False, 1.0), ("3 - 2", 0, False, 1.0),
-                  ("5", 1, False, 1.0)]}
-    samples = curation.load_samples(write_samples(tmp_path / "s.parquet", spec), "mean")
+def test_a_cluster_holding_two_verdicts_is_refused_with_its_row(tmp_path):
+    """grade_samples writes clusters of one verdict (confagg.grading.split_by_verdict):
+    equivalence joins "1" and the restated "3 - 2", which grading tells apart. A samples
+    file whose cluster still mixes them (one written before that) is named, not
+    silently counted: a set holding "1" alone would be labelled by the cluster's
+    majority verdict."""
+    mixed = {"p": [("1", 0, True, 1.0), ("3 - 2", 0, False, 1.0), ("3 - 2", 0, False, 1.0),
+                   ("5", 1, False, 1.0)]}
+    path = write_samples(tmp_path / "mixed.parquet", mixed)
+    with pytest.raises(DataError, match=r"mixed.parquet, row 2, field 'cluster': problem 'p' "
+                                        r"has right and wrong answers in cluster 0"):
+        curation.load_samples(path, "mean")
+    split = {"p": [("1", 0, True, 1.0), ("3 - 2", 2, False, 1.0), ("3 - 2", 2, False, 1.0),
+                   ("5", 1, False, 1.0)]}
+    samples = curation.load_samples(write_samples(tmp_path / "s.parquet", split), "mean")
     stats = curation.problem_stats(samples).to_pylist()[0]
     assert stats["majority_answer"] == "3 - 2" and not stats["majority_correct"]
     assert stats["n_distinct_answers"] == 3

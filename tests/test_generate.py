@@ -95,13 +95,16 @@ def test_grading_of_hand_written_samples(tmp_path):
         {"id": "hmmt", "problem": "p", "answer": r"\dfrac{4^{2024}}{\binom{4048}{2024}}-2",
          "source": "t"},
         {"id": "plain", "problem": "p", "answer": "12", "source": "t"},
+        {"id": "ten", "problem": "p", "answer": "10", "source": "t"},
     ])
     texts = {("half", 0): r"So $x = \boxed{\frac{1}{2}}$.",
              ("half", 1): r"The answer is \boxed{0.25}.",
              ("hmmt", 0): r"\boxed{\frac{4^{2024}}{\binom{4048}{2024}} - 2}",
              ("hmmt", 1): r"\boxed{4^{2024}}",
              ("plain", 0): "I think it is twelve, so 12",   # no box: math-verify extracts 12
-             ("plain", 1): "I cannot tell."}                # no answer at all
+             ("plain", 1): "I cannot tell.",                # no answer at all
+             # one equivalence cluster graded right, right, wrong (see split_by_verdict)
+             ("ten", 0): r"\boxed{10\%}", ("ten", 1): r"\boxed{10}", ("ten", 2): r"\boxed{0.1}"}
     records = [{"problem_id": p, "sample_idx": i, "text": t, "final_text": t, "n_tokens": 3,
                 "finish_reason": "length" if p == "plain" else "stop", "conf_mean": 1.0,
                 "conf_tail": 1.0, "conf_bottom10": 1.0, "conf_lowest_group": 1.0,
@@ -110,15 +113,19 @@ def test_grading_of_hand_written_samples(tmp_path):
     summary = grade_samples(merged_path=str(tmp_path / "merged.parquet"),
                             dataset_path=str(dataset), out_path=str(tmp_path / "s.parquet"),
                             workers=1, timeout_s=5)
+    rows = pq.read_table(tmp_path / "s.parquet").to_pylist()
     got = {(r["problem_id"], r["sample_idx"]): (r["answer"], r["correct"], r["grade_status"])
-           for r in pq.read_table(tmp_path / "s.parquet").to_pylist()}
+           for r in rows}
     assert got[("half", 0)] == (r"\frac{1}{2}", True, "ok")
     assert got[("half", 1)] == ("0.25", False, "ok")
     assert got[("hmmt", 0)][1:] == (True, "ok")
     assert got[("hmmt", 1)][1:] == (False, "ok")
     assert got[("plain", 0)] == ("12", True, "ok")
     assert got[("plain", 1)] == (None, False, "no_answer")  # a length finish: no_answer
-    assert summary["no_answer"] == 1 and summary["correct"] == 3
+    assert summary["no_answer"] == 1 and summary["correct"] == 5
+    # every cluster written holds one verdict, so no reader has to split it
+    ten = [(r["cluster"], r["correct"]) for r in rows if r["problem_id"] == "ten"]
+    assert ten[0][0] == ten[1][0] != ten[2][0] and [c for _, c in ten] == [True, True, False]
 
 
 def _shard_table(pids, n, drop=None):

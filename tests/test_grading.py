@@ -8,7 +8,15 @@ import sys
 import time
 
 import pytest
-from confagg.grading import Grade, Grader, cluster_answers, extract_answer, last_boxed, verify_one
+from confagg.grading import (
+    Grade,
+    Grader,
+    cluster_answers,
+    extract_answer,
+    last_boxed,
+    split_by_verdict,
+    verify_one,
+)
 from confagg.workerpool import wall_backstop
 
 
@@ -102,6 +110,20 @@ def test_plain_integers_skip_math_verify_with_its_verdict():
 def test_clusters_group_equivalent_forms(grader):
     answers = ["1/2", "0.5", None, r"\frac{1}{2}", "3", "3.0", "x", "0.5"]
     assert cluster_answers(answers, grader).tolist() == [0, 0, -1, 0, 1, 1, 2, 0]
+
+
+def test_a_cluster_is_split_by_its_members_verdicts(grader):
+    """Equivalence (each answer against the first of its cluster) can join answers that
+    grading against the gold tells apart: with gold 10, "10\\%", "10" and "0.1" form
+    one cluster graded right, right, wrong. The wrong members get an id of their own."""
+    answers = ["10\\%", "10", "0.1", "7", None, "0.1"]
+    clusters = cluster_answers(answers, grader)
+    correct = [g.correct for g in grader.grade([("10", a) for a in answers])]
+    assert clusters.tolist() == [0, 0, 0, 1, -1, 0]
+    assert correct == [True, True, False, False, False, False]
+    assert split_by_verdict(clusters, correct).tolist() == [0, 0, 2, 1, -1, 2]
+    pure = [0, 0, 1, -1]
+    assert split_by_verdict(pure, [True, True, False, False]).tolist() == pure
 
 
 def test_verify_one_never_raises():

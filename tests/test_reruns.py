@@ -160,3 +160,35 @@ def test_a_changed_value_reruns_exactly_what_reads_it(finished, tmp_path, case):
     lc_params = listed(pipeline.run("--list-changes", "params", configfiles=files).stdout)
     assert params_changed <= lc_params
     assert lc_params - params_baseline <= params_changed
+
+
+def test_samples_graded_under_an_older_grading_rule_are_graded_again(finished):
+    """A change of verdict or clustering (confagg.grading.GRADING_RULES) reruns
+    grade_samples and what reads its samples, as a changed param: code Snakemake cannot
+    see (the library a script imports) must not leave samples graded the old way."""
+    import base64
+    import json
+
+    from confagg.grading import GRADING_RULES
+
+    pipeline, _ = finished
+    outputs = [f"{GEN}/arith_train/{n}" for n in ("samples.parquet", "grade_summary.json")]
+    records = {p: pipeline.path(".snakemake/metadata") / base64.urlsafe_b64encode(
+        p.encode()).decode() for p in outputs}
+    saved = {p: f.read_text() for p, f in records.items()}
+    try:
+        for p, f in records.items():
+            meta = json.loads(saved[p])
+            assert GRADING_RULES in meta["params"], meta["params"]
+            meta["params"] = [v for v in meta["params"] if v != GRADING_RULES] + ["older rules"]
+            f.write_text(json.dumps(meta))
+        rows = summary(pipeline.run("--summary").stdout)
+        assert {p for p, (status, _) in rows.items() if status == "params changed"} == \
+            set(outputs)
+        jobs = job_counts(pipeline.run("-n").stdout)
+        assert jobs["grade_samples"] == 1 and jobs["aggregation_sets"] == 1, jobs
+        assert jobs["train_trl"] == 2 and jobs["report"] == 1, jobs
+    finally:
+        for p, f in records.items():
+            f.write_text(saved[p])
+    assert "Nothing to be done" in pipeline.run("-n").stdout

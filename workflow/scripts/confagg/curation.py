@@ -60,32 +60,26 @@ def load_samples(path: str, metric: str, *,
     out = {}
     for pid, g in groups.items():
         correct = np.asarray(g["correct"], dtype=bool)
-        out[pid] = {**g, "cluster": one_verdict_per_cluster(g["cluster"], correct),
-                    "correct": correct,
+        cluster = np.asarray(g["cluster"], dtype=np.int32)
+        for c in np.unique(cluster[cluster >= 0]).tolist():
+            verdicts = correct[cluster == c]
+            if verdicts.any() and not verdicts.all():
+                # grade_samples splits such clusters (grading.split_by_verdict): a file
+                # written before it did needs re-grading, not a guess at its votes
+                rows = [i for i in order if t["problem_id"][i] == pid and t["cluster"][i] == c]
+                odd = next(i for i in rows if t["correct"][i] != t["correct"][rows[0]])
+                raise DataError(path, f"problem '{pid}' has right and wrong answers in "
+                                      f"cluster {c}; rerun grade_samples for this file "
+                                      f"(snakemake -R grade_samples)",
+                                row=odd + 1, field="cluster")
+        out[pid] = {**g, "cluster": cluster, "correct": correct,
                     "conf": np.asarray(g["conf"], dtype=np.float64)}
     return out
 
 
-def one_verdict_per_cluster(clusters, correct: np.ndarray) -> np.ndarray:
-    """The clusters, with the wrong members of a cluster that also has right ones given
-    a new id. Equivalence can join answers that grading tells apart ("1" and the
-    restated "3 - 2"); the estimators count such a cluster as two, and so does curation."""
-    out = np.asarray(clusters, dtype=np.int32).copy()
-    new = int(out.max(initial=-1)) + 1
-    for c in np.unique(out[out >= 0]):
-        members = out == c
-        if correct[members].any() and not correct[members].all():
-            out[members & ~correct] = new
-            new += 1
-    return out
-
-
 def cluster_correct(clusters: np.ndarray, correct: np.ndarray) -> dict[int, bool]:
-    """Whether each answer cluster is right (load_samples gives each one verdict)."""
-    out = {}
-    for c in np.unique(clusters[clusters >= 0]):
-        out[int(c)] = bool(correct[clusters == c].mean() >= 0.5)
-    return out
+    """Whether each answer cluster is right (its members share one verdict: load_samples)."""
+    return {int(c): bool(correct[clusters == c][0]) for c in np.unique(clusters[clusters >= 0])}
 
 
 def representative(answers: list, clusters: np.ndarray, c: int) -> str | None:

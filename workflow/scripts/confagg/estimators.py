@@ -21,8 +21,9 @@ Methods:
 Conventions: a cluster is a set of equivalent answers with one verdict. Equivalence
 (each answer compared with one representative) can disagree with grading against
 the gold ("10\\%", "10" and "0.1" can form one cluster graded right, right, wrong),
-so a cluster whose members' verdicts differ is split in two; then no method can be
-right on a subset where the oracle is not. A tie (equal vote totals, or equally
+so a cluster whose members' verdicts differ is split in two (grade_samples writes them
+split; a pool built here is split the same way, by confagg.grading.split_by_verdict);
+then no method can be right on a subset where the oracle is not. A tie (equal vote totals, or equally
 confident samples for `best_conf`) scores its expected accuracy under a uniform
 random choice among the tied answers; samples tied at a filter's threshold are all
 kept. Every score of a subset is thus a function of the subset as a set, and a pool
@@ -47,6 +48,7 @@ from itertools import combinations
 
 import numpy as np
 
+from .grading import split_by_verdict
 from .voting import filter_percentile
 
 log = logging.getLogger(__name__)
@@ -63,10 +65,11 @@ def _canonical(cluster: np.ndarray, correct: np.ndarray, conf: np.ndarray,
     then the sorted (confidence, tokens) of their members), samples sorted by (label,
     confidence, tokens). Reordering a pool or renaming its clusters gives the same
     arrays: clusters with equal contents are interchangeable, and so are equal samples."""
-    members: dict[tuple[int, bool], list[int]] = defaultdict(list)
+    cluster = split_by_verdict(cluster, correct)
+    members: dict[int, list[int]] = defaultdict(list)
     for i in np.flatnonzero(cluster >= 0).tolist():
-        members[(int(cluster[i]), bool(correct[i]))].append(i)
-    content = {key: (key[1], sorted(zip(conf[idx].tolist(), tokens[idx].tolist())))
+        members[int(cluster[i])].append(i)
+    content = {key: (bool(correct[idx[0]]), sorted(zip(conf[idx].tolist(), tokens[idx].tolist())))
                for key, idx in members.items()}
     label = np.full(cluster.size, -1, dtype=np.int64)
     for new, key in enumerate(sorted(members, key=content.__getitem__)):

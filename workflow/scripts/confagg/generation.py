@@ -356,8 +356,9 @@ def _ranges(values: list[int]) -> str:
 
 def grade_samples(*, merged_path: str, dataset_path: str, out_path: str, workers: int,
                   timeout_s: float) -> dict:
-    """Extract and grade every sample, cluster answers per problem; write samples.parquet."""
-    from .grading import Grader, cluster_answers
+    """Extract and grade every sample, cluster answers per problem (each cluster holds
+    one verdict); write samples.parquet."""
+    from .grading import Grader, cluster_answers, split_by_verdict
 
     table = read_parquet(merged_path)
     gold = {r["id"]: r["answer"] for r in read_jsonl(dataset_path)}
@@ -371,6 +372,7 @@ def grade_samples(*, merged_path: str, dataset_path: str, out_path: str, workers
         answers = [None if cut else a for a, cut in zip(answers, stopped)]
         grades = grader.grade([(gold[p], a) for p, a in zip(pids, answers)],
                               progress="grade answers")
+        correct = np.array([g.correct for g in grades], dtype=bool)
         clusters = np.full(len(pids), -1, dtype=np.int32)
         positions: dict[str, list[int]] = {}
         for i, p in enumerate(pids):
@@ -379,11 +381,12 @@ def grade_samples(*, merged_path: str, dataset_path: str, out_path: str, workers
 
         for idxs in tqdm(positions.values(), desc="cluster answers", unit="problem",
                          mininterval=2):
-            clusters[idxs] = cluster_answers([answers[i] for i in idxs], grader)
+            clusters[idxs] = split_by_verdict(
+                cluster_answers([answers[i] for i in idxs], grader), correct[idxs])
         stats = dict(grader.stats)
     table = (table
              .append_column("answer", pa.array(answers, type=pa.string()))
-             .append_column("correct", pa.array([g.correct for g in grades], type=pa.bool_()))
+             .append_column("correct", pa.array(correct, type=pa.bool_()))
              .append_column("grade_status", pa.array([g.status for g in grades], type=pa.string()))
              .append_column("cluster", pa.array(clusters, type=pa.int32())))
     write_parquet(out_path, table)

@@ -42,6 +42,10 @@ _INT = re.compile(r"-?[0-9]{1,100}")  # bounded: int() refuses huge digit string
 # the gold is an integer (AIME, HMMT's integers, GSM8K, the builtin set) it is not an
 # answer. A leading sign ("-3", "+12") has no number before it and stays an answer.
 _COMPUTATION = re.compile(r"[0-9)}]\s*(?:[-+*/^\u00d7\u00f7]|\\times|\\cdot|\\div)\s*[0-9({\\]")
+# Named in grade_samples' params, so Snakemake grades saved samples again when a verdict
+# or a cluster can change (it cannot see into the library a script imports). Change the
+# text whenever the rules change; Snakemake compares params as a set of strings.
+GRADING_RULES = "grading rules 3: integer golds refuse computations; clusters split by verdict"
 CACHE_SIZE = 1 << 17  # results kept across calls (least recently used go first)
 
 
@@ -359,3 +363,19 @@ def cluster_answers(answers: Sequence[str | None], grader: Grader, *, max_pairs:
         ids[i] = found
     grader.stats["cluster_timeouts"] += timeouts
     return ids
+
+
+def split_by_verdict(clusters: Sequence[int], correct: Sequence[bool]) -> np.ndarray:
+    """The clusters with each one's wrong members given a new id where it also has right
+    ones. Equivalence is decided against a cluster's first answer and grading against
+    the gold, so they can disagree ("10\\%" joins "10" and "0.1" for the gold 10; "1" and
+    the restated "3 - 2" for the gold 1): no vote may count a wrong answer as right."""
+    out = np.asarray(clusters, dtype=np.int32).copy()
+    correct = np.asarray(correct, dtype=bool)
+    new = int(out.max(initial=-1)) + 1
+    for c in np.unique(out[out >= 0]).tolist():
+        members = out == c
+        if correct[members].any() and not correct[members].all():
+            out[members & ~correct] = new
+            new += 1
+    return out
