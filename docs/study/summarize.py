@@ -4,7 +4,8 @@ rules' benchmark files, training reward by quarter of the run, and the held-out 
     .venv/bin/python docs/study/summarize.py results/study-arith
 
 Reads only what the pipeline wrote (logs/timings/**.tsv, results/train/*/train_log.jsonl,
-results/report/summary.csv and paired_differences.csv), and re-grades the saved held-out
+results/report/summary.csv and paired_differences.csv), reads what each aggregator
+wrote against the candidates it was shown, and re-grades the saved held-out
 aggregations and samples under the current grading rule (an integer gold answered by an
 unevaluated computation such as "3 - 2" is wrong), which only turns right into wrong, so
 runs graded before that rule can be read on today's terms."""
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "workflow" / "scripts"))
-from confagg.grading import restates_a_computation  # noqa: E402
+from confagg.grading import cheap_key, restates_a_computation  # noqa: E402
 
 METHODS = ("single", "majority", "weighted", "conf_agg", "agglm", "agg_prompted")
 
@@ -68,15 +69,26 @@ def held_out(workdir: Path) -> None:
               f"[{points(row, 'diff_low')}, {points(row, 'diff_high')}] {row['verdict']}")
 
 
-def regraded(workdir: Path, benchmark: str = "arith_heldout") -> None:
+def gold_answers(workdir: Path, benchmark: str) -> dict[str, str]:
     gold = {}
     for line in open(workdir / "resources" / "datasets" / f"{benchmark}.jsonl"):
         row = json.loads(line)
         gold[row["id"]] = row["answer"]
+    return gold
+
+
+def right_now(gold: dict[str, str], d: pd.DataFrame) -> np.ndarray:
+    """The saved verdicts under the current grading rule (restating a computation for an
+    integer gold is wrong; it only turns right into wrong)."""
+    return np.array([bool(c) and not restates_a_computation(gold[p], str(a))
+                     for p, a, c in zip(d.problem_id, d.answer, d.correct)])
+
+
+def regraded(workdir: Path, benchmark: str = "arith_heldout") -> None:
+    gold = gold_answers(workdir, benchmark)
 
     def still_right(d: pd.DataFrame) -> np.ndarray:
-        return np.array([bool(c) and not restates_a_computation(gold[p], str(a))
-                         for p, a, c in zip(d.problem_id, d.answer, d.correct)])
+        return right_now(gold, d)
 
     samples = pd.read_parquet(workdir / "results/generate/smollm2-135m" / benchmark / "samples.parquet")
     print(f"re-graded: single {100 * samples.correct.mean():.1f} -> {100 * still_right(samples).mean():.1f}")
@@ -99,6 +111,39 @@ def regraded(workdir: Path, benchmark: str = "arith_heldout") -> None:
                   f"[{100 * low:+.1f}, {100 * high:+.1f}] (paired bootstrap over problems)")
 
 
+def behaviour(workdir: Path, benchmark: str = "arith_heldout") -> None:
+    """What each aggregator wrote, against the candidates it read: how often it gave an
+    answer, took one of its candidates' answers (equal values, as `cheap_key` sees them)
+    or wrote another, and how often any candidate was right (the ceiling of a picker);
+    verdicts under the current grading rule."""
+    samples = pd.read_parquet(workdir / "results/generate/smollm2-135m" / benchmark / "samples.parquet",
+                              columns=["problem_id", "sample_idx", "answer", "correct"])
+    gold = gold_answers(workdir, benchmark)
+    cand = {(p, i): (a, c) for p, i, a, c in zip(samples.problem_id, samples.sample_idx,
+                                                   samples.answer, right_now(gold, samples))}
+    for path in sorted((workdir / "results/evaluate").glob(f"*/{benchmark}/aggregations/*.parquet")):
+        d = pd.read_parquet(path)
+        d["correct"] = right_now(gold, d)
+        for m, g in d.groupby("budget"):
+            answered = picked = picked_right = other_right = any_right = 0
+            for p, ids, a, ok in zip(g.problem_id, g.candidate_ids, g.answer, g.correct):
+                theirs = [cand[p, int(i)] for i in ids]
+                any_right += any(c for _, c in theirs)
+                if not isinstance(a, str):  # None, read by pandas as NaN
+                    continue
+                answered += 1
+                if cheap_key(a) in {cheap_key(x) for x, _ in theirs if isinstance(x, str)}:
+                    picked += 1
+                    picked_right += bool(ok)
+                else:
+                    other_right += bool(ok)
+            n = len(g)
+            print(f"behaviour: {path.stem} m={m}: answered {100 * answered / n:.1f}%, took a "
+                  f"candidate's answer {100 * picked / n:.1f}% (right {100 * picked_right / n:.1f}), "
+                  f"wrote another {100 * (answered - picked) / n:.1f}% (right "
+                  f"{100 * other_right / n:.1f}); a candidate right {100 * any_right / n:.1f}%")
+
+
 def main() -> None:
     if len(sys.argv) != 2:
         sys.exit(__doc__)
@@ -107,6 +152,7 @@ def main() -> None:
     rewards(workdir)
     held_out(workdir)
     regraded(workdir)
+    behaviour(workdir)
 
 
 if __name__ == "__main__":
