@@ -125,10 +125,12 @@ def behaviour(workdir: Path, benchmark: str = "arith_heldout") -> None:
         d = pd.read_parquet(path)
         d["correct"] = right_now(gold, d)
         for m, g in d.groupby("budget"):
-            answered = picked = picked_right = other_right = any_right = 0
+            answered = picked = picked_right = other_right = any_right = right_with = 0
             for p, ids, a, ok in zip(g.problem_id, g.candidate_ids, g.answer, g.correct):
                 theirs = [cand[p, int(i)] for i in ids]
-                any_right += any(c for _, c in theirs)
+                with_right = any(c for _, c in theirs)
+                any_right += with_right
+                right_with += bool(ok) and with_right
                 if not isinstance(a, str):  # None, read by pandas as NaN
                     continue
                 answered += 1
@@ -141,7 +143,9 @@ def behaviour(workdir: Path, benchmark: str = "arith_heldout") -> None:
             print(f"behaviour: {path.stem} m={m}: answered {100 * answered / n:.1f}%, took a "
                   f"candidate's answer {100 * picked / n:.1f}% (right {100 * picked_right / n:.1f}), "
                   f"wrote another {100 * (answered - picked) / n:.1f}% (right "
-                  f"{100 * other_right / n:.1f}); a candidate right {100 * any_right / n:.1f}%")
+                  f"{100 * other_right / n:.1f}); a candidate right {100 * any_right / n:.1f}%; "
+                  f"right on those sets {100 * right_with / max(any_right, 1):.1f}%, on the others "
+                  f"{100 * (g.correct.sum() - right_with) / max(n - any_right, 1):.1f}%")
 
 
 def main() -> None:
