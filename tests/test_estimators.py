@@ -349,6 +349,15 @@ def test_a_cluster_of_mixed_verdicts_is_split():
     assert acc[("majority", 4)] == 1.0                          # 3 votes against 1
 
 
+def test_cluster_ids_of_any_size_name_the_same_clusters():
+    """A pool built outside the pipeline may use any integer ids (hashes, say): they are
+    split by verdict without narrowing, so two clusters stay two and -2**32 is no answer."""
+    small = pool([0, 0, 1, 2, -1], [0, 0, 0, 1, 0], [1.0, 2.0, 3.0, 4.0, 5.0])
+    large = pool([7, 7, 2**32 + 7, 2**40, -2**32], [0, 0, 0, 1, 0], [1.0, 2.0, 3.0, 4.0, 5.0])
+    assert large.cluster.tolist() == small.cluster.tolist()
+    assert large.cluster.tolist() == [-1, 0, 0, 1, 2]  # two wrong clusters, one right
+
+
 def test_best_conf_uses_answered_samples_and_scores_0_without_any():
     p = ([-1, 1, 0], [0, 0, 1], [9.0, 2.0, 3.0])
     assert one("best_conf", pool(*p)) == 1.0

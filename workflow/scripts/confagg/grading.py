@@ -370,7 +370,7 @@ def split_by_verdict(clusters: Sequence[int], correct: Sequence[bool]) -> np.nda
     ones. Equivalence is decided against a cluster's first answer and grading against
     the gold, so they can disagree ("10\\%" joins "10" and "0.1" for the gold 10; "1" and
     the restated "3 - 2" for the gold 1): no vote may count a wrong answer as right."""
-    out = np.asarray(clusters, dtype=np.int32).copy()
+    out = np.array(clusters, dtype=np.int64)  # any ids a caller uses, never narrowed
     correct = np.asarray(correct, dtype=bool)
     new = int(out.max(initial=-1)) + 1
     for c in np.unique(out[out >= 0]).tolist():
