@@ -23,9 +23,9 @@ Conventions: a cluster is a set of equivalent answers with one verdict. Equivale
 the gold ("10\\%", "10" and "0.1" can form one cluster graded right, right, wrong),
 so a cluster whose members' verdicts differ is split in two (grade_samples writes them
 split; a pool built here is split the same way, by confagg.grading.split_by_verdict);
-then no method can be right on a subset where the oracle is not. A tie (equal vote totals, or equally
-confident samples for `best_conf`) scores its expected accuracy under a uniform
-random choice among the tied answers; samples tied at a filter's threshold are all
+then no method can be right on a subset where the oracle is not. A tie (equal vote
+totals, or equally confident samples for `best_conf`) scores its expected accuracy
+under a uniform random choice among the tied answers; samples tied at a filter's threshold are all
 kept. Every score of a subset is thus a function of the subset as a set, and a pool
 is put in a canonical order (clusters and samples sorted by their contents) before
 subsets are drawn, so no estimate depends on the order of the samples. Samples
