@@ -84,21 +84,28 @@ def right_now(gold: dict[str, str], d: pd.DataFrame) -> np.ndarray:
                      for p, a, c in zip(d.problem_id, d.answer, d.correct)])
 
 
-def regraded(workdir: Path, benchmark: str = "arith_heldout") -> None:
+def held_out_answers(workdir: Path, benchmark: str = "arith_heldout"):
+    """The benchmark's samples and each aggregation file, read once, each with `right`:
+    its saved verdict under the current grading rule."""
     gold = gold_answers(workdir, benchmark)
-
-    def still_right(d: pd.DataFrame) -> np.ndarray:
-        return right_now(gold, d)
-
-    samples = pd.read_parquet(workdir / "results/generate/smollm2-135m" / benchmark / "samples.parquet")
-    print(f"re-graded: single {100 * samples.correct.mean():.1f} -> {100 * still_right(samples).mean():.1f}")
-    per_problem = {}
+    samples = pd.read_parquet(workdir / "results/generate/smollm2-135m" / benchmark / "samples.parquet",
+                              columns=["problem_id", "sample_idx", "answer", "correct"])
+    samples["right"] = right_now(gold, samples)
+    aggregations = {}
     for path in sorted((workdir / "results/evaluate").glob(f"*/{benchmark}/aggregations/*.parquet")):
         d = pd.read_parquet(path)
-        d["right"] = still_right(d)
+        d["right"] = right_now(gold, d)
+        aggregations[path.stem] = d
+    return samples, aggregations
+
+
+def regraded(samples: pd.DataFrame, aggregations: dict[str, pd.DataFrame]) -> None:
+    print(f"re-graded: single {100 * samples.correct.mean():.1f} -> {100 * samples.right.mean():.1f}")
+    per_problem = {}
+    for name, d in aggregations.items():
         for m, g in d.groupby("budget"):
-            per_problem[path.stem, m] = g.groupby("problem_id")["right"].mean()
-            print(f"re-graded: {path.stem} m={m}: {100 * g.correct.mean():.1f} -> {100 * g.right.mean():.1f}")
+            per_problem[name, m] = g.groupby("problem_id")["right"].mean()
+            print(f"re-graded: {name} m={m}: {100 * g.correct.mean():.1f} -> {100 * g.right.mean():.1f}")
     rng = np.random.default_rng(0)
     for method, baseline in (("conf_agg", "agg_prompted"), ("conf_agg", "agglm")):
         for (name, m), series in per_problem.items():
@@ -111,22 +118,17 @@ def regraded(workdir: Path, benchmark: str = "arith_heldout") -> None:
                   f"[{100 * low:+.1f}, {100 * high:+.1f}] (paired bootstrap over problems)")
 
 
-def behaviour(workdir: Path, benchmark: str = "arith_heldout") -> None:
+def behaviour(samples: pd.DataFrame, aggregations: dict[str, pd.DataFrame]) -> None:
     """What each aggregator wrote, against the candidates it read: how often it gave an
     answer, took one of its candidates' answers (equal values, as `cheap_key` sees them)
     or wrote another, and how often any candidate was right (the ceiling of a picker);
     verdicts under the current grading rule."""
-    samples = pd.read_parquet(workdir / "results/generate/smollm2-135m" / benchmark / "samples.parquet",
-                              columns=["problem_id", "sample_idx", "answer", "correct"])
-    gold = gold_answers(workdir, benchmark)
     cand = {(p, i): (a, c) for p, i, a, c in zip(samples.problem_id, samples.sample_idx,
-                                                   samples.answer, right_now(gold, samples))}
-    for path in sorted((workdir / "results/evaluate").glob(f"*/{benchmark}/aggregations/*.parquet")):
-        d = pd.read_parquet(path)
-        d["correct"] = right_now(gold, d)
+                                                   samples.answer, samples.right)}
+    for name, d in aggregations.items():
         for m, g in d.groupby("budget"):
             answered = picked = picked_right = other_right = any_right = right_with = 0
-            for p, ids, a, ok in zip(g.problem_id, g.candidate_ids, g.answer, g.correct):
+            for p, ids, a, ok in zip(g.problem_id, g.candidate_ids, g.answer, g.right):
                 theirs = [cand[p, int(i)] for i in ids]
                 with_right = any(c for _, c in theirs)
                 any_right += with_right
@@ -140,12 +142,12 @@ def behaviour(workdir: Path, benchmark: str = "arith_heldout") -> None:
                 else:
                     other_right += bool(ok)
             n = len(g)
-            print(f"behaviour: {path.stem} m={m}: answered {100 * answered / n:.1f}%, took a "
+            print(f"behaviour: {name} m={m}: answered {100 * answered / n:.1f}%, took a "
                   f"candidate's answer {100 * picked / n:.1f}% (right {100 * picked_right / n:.1f}), "
                   f"wrote another {100 * (answered - picked) / n:.1f}% (right "
                   f"{100 * other_right / n:.1f}); a candidate right {100 * any_right / n:.1f}%; "
                   f"right on those sets {100 * right_with / max(any_right, 1):.1f}%, on the others "
-                  f"{100 * (g.correct.sum() - right_with) / max(n - any_right, 1):.1f}%")
+                  f"{100 * (g.right.sum() - right_with) / max(n - any_right, 1):.1f}%")
 
 
 def main() -> None:
@@ -155,8 +157,9 @@ def main() -> None:
     job_times(workdir)
     rewards(workdir)
     held_out(workdir)
-    regraded(workdir)
-    behaviour(workdir)
+    samples, aggregations = held_out_answers(workdir)
+    regraded(samples, aggregations)
+    behaviour(samples, aggregations)
 
 
 if __name__ == "__main__":
