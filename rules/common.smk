@@ -130,9 +130,11 @@ TRL_KEYS = (
 def trl_settings(wildcards=None):
     """The training settings a TRL job reads (its params): a change to any other key does
     not retrain with TRL, nor rerun the evaluation after it. LoRA's settings count only
-    when it is on."""
+    when it is on, the learning-rate schedule when one is set."""
     t = config["training"]
     settings = {k: t[k] for k in TRL_KEYS}
     if not t["lora"]["enabled"]:
         settings["lora"] = {"enabled": False}
+    if t["lr_schedule"] is not None:
+        settings["lr_schedule"] = t["lr_schedule"]  # absent when null: TRL's own schedule
     return settings

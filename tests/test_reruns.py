@@ -91,6 +91,12 @@ CASES = {
                                      set()),
     # Nor does a training key TRL never reads (only OpenRLHF bounds prompts by length).
     "training.max_prompt_tokens": ({"training": {"max_prompt_tokens": 4096}}, {}, set(), set()),
+    # The learning-rate schedule retrains with TRL, and what reads the model.
+    "training.lr_schedule": ({"training": {"lr_schedule": "constant"}},
+                             {"train_trl": TRAIN_JOBS["train_trl"], "training_curves": 1,
+                              "aggregate": len(TRAINED_AGGS), **EVAL_JOBS},
+                             TRAINED - PROMPTS - {"results/report/training_curves.png"},
+                             TRAINED - PROMPTS | TRAINED_AGGS | METRICS | REPORT),
     # The LoRA rank (LoRA is on in the test overlay) retrains, and what reads the model.
     "training.lora.rank": ({"training": {"lora": {"rank": 4}}},
                            {"train_trl": TRAIN_JOBS["train_trl"], "training_curves": 1,

@@ -100,6 +100,15 @@ def test_every_flag_is_accepted_and_parses_to_the_config(full_config, tmp_path):
     assert a["logger"]["wandb"]["key"] is None  # no key in the environment: W&B off
 
 
+def test_the_lr_schedule_reaches_openrlhf(full_config, tmp_path):
+    t = full_config["training"]
+    assert t["lr_schedule"] is None  # OpenRLHF's own schedule
+    a = parse_with_openrlhf(command(t), tmp_path)
+    assert a["actor"]["lr_scheduler"] == "cosine_with_min_lr"
+    a = parse_with_openrlhf(command({**t, "lr_schedule": "constant"}), tmp_path)
+    assert a["actor"]["lr_scheduler"] == "constant"
+
+
 def test_packing_and_the_token_budget(full_config, tmp_path):
     t = full_config["training"]
     a = parse_with_openrlhf(command(t), tmp_path)

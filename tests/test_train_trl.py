@@ -10,10 +10,10 @@ import sys
 
 import pytest
 import torch
-from confagg.config import load_config
+from confagg.config import ConfigError, load_config, load_yaml_strict, validate_config
 from confagg.io import DataError, write_jsonl
 from confagg.lora import ADAPTER_FILES
-from confagg.train_trl import checkpoint_fingerprint, load_prompts, train
+from confagg.train_trl import checkpoint_fingerprint, grpo_args, load_prompts, train
 from conftest import BASE_CONFIGS, REPO, VLLM_LOCK, _FileLock
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -82,6 +82,22 @@ def test_trl_updates_weights_logs_rewards_and_resumes(tmp_path, bundled_model):
     assert history[-1]["step"] == 4
     assert sorted(p.name for p in (tmp_path / "ckpt").glob("checkpoint-*")) == [
         "checkpoint-3", "checkpoint-4"]
+
+
+@pytest.mark.parametrize("schedule, expected", [(None, "linear"), ("constant", "constant"),
+                                                ("cosine", "cosine")])
+def test_the_lr_schedule_reaches_trl(tmp_path, schedule, expected):
+    cfg = trl_config(max_steps=4)
+    cfg["lr_schedule"] = schedule
+    args = grpo_args(cfg, ckpt_dir=str(tmp_path), use_cpu=True)
+    assert args.lr_scheduler_type == expected and args.learning_rate == 1e-5
+
+
+def test_an_unknown_lr_schedule_names_the_key(tmp_path):
+    config = load_yaml_strict(REPO / "config.yaml")
+    config["training"]["lr_schedule"] = "warmup"
+    with pytest.raises(ConfigError, match=r"config key 'training.lr_schedule'"):
+        validate_config(config)
 
 
 def test_bad_training_rows_name_the_row(tmp_path):

@@ -154,6 +154,7 @@ def build_command(cfg: dict[str, Any], *, model_path: str, train_path: str, val_
         "--train.num_episodes", str(cfg["epochs"]),
         "--train.seed", str(cfg["seed"]),
         "--actor.adam.lr", str(cfg["learning_rate"]),
+        *(["--actor.lr_scheduler", cfg["lr_schedule"]] if cfg["lr_schedule"] else []),
         "--ds.zero_stage", str(o["zero_stage"]),
         "--ds.param_dtype", "bf16",
         "--actor.gradient_checkpointing_enable",

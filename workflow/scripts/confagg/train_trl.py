@@ -106,38 +106,13 @@ def step_logger(log_path: str | Path):
     return StepLog()
 
 
-def train(cfg: dict[str, Any], *, model_path: str, train_path: str,
-          output_dir: str, ckpt_dir: str, log_path: str, use_cpu: bool,
-          tensorboard_dir: str | None = None, callbacks: list | None = None) -> dict[str, Any]:
-    """Run GRPOTrainer for `trl.max_steps` steps; returns a summary of what it logged.
-    TensorBoard events go to `tensorboard_dir` (default: under `ckpt_dir`); `callbacks`
-    run after the step logger."""
-    import torch
-    from datasets import Dataset
-    from torch.utils.tensorboard import SummaryWriter
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.integrations import TensorBoardCallback
-    from trl import GRPOConfig, GRPOTrainer
-
-    from .lora import check_targets, lora_config, save_model
-    from .reward import configure, trl_reward
-
-    configure(**cfg["reward"])  # training.reward (+ grading.timeout_s from the rule)
+def grpo_args(cfg: dict[str, Any], *, ckpt_dir: str, use_cpu: bool):
+    """TRL's GRPOConfig for `training`; `lr_schedule` null keeps TRL's (linear decay to 0)."""
+    from trl import GRPOConfig
 
     t = cfg["trl"]
-    train_ds = Dataset.from_list(load_prompts(train_path))
-    keep_matching_checkpoints(ckpt_dir, checkpoint_fingerprint(
-        cfg, model_path=model_path, train_path=train_path, use_cpu=use_cpu))
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(
-        model_path, dtype=torch.float32 if use_cpu else torch.bfloat16)
-    peft_config = None
-    if cfg["lora"]["enabled"]:
-        check_targets(model, cfg["lora"]["target_modules"])
-        peft_config = lora_config(cfg["lora"])
-    args = GRPOConfig(
+    schedule = {"lr_scheduler_type": cfg["lr_schedule"]} if cfg.get("lr_schedule") else {}
+    return GRPOConfig(
         output_dir=str(ckpt_dir),
         num_generations=cfg["group_size"],
         max_completion_length=cfg["max_new_tokens"],
@@ -156,7 +131,41 @@ def train(cfg: dict[str, Any], *, model_path: str, train_path: str,
         report_to=["tensorboard"],
         save_only_model=False,
         disable_tqdm=False,
+        **schedule,
     )
+
+
+def train(cfg: dict[str, Any], *, model_path: str, train_path: str,
+          output_dir: str, ckpt_dir: str, log_path: str, use_cpu: bool,
+          tensorboard_dir: str | None = None, callbacks: list | None = None) -> dict[str, Any]:
+    """Run GRPOTrainer for `trl.max_steps` steps; returns a summary of what it logged.
+    TensorBoard events go to `tensorboard_dir` (default: under `ckpt_dir`); `callbacks`
+    run after the step logger."""
+    import torch
+    from datasets import Dataset
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.integrations import TensorBoardCallback
+    from trl import GRPOTrainer
+
+    from .lora import check_targets, lora_config, save_model
+    from .reward import configure, trl_reward
+
+    configure(**cfg["reward"])  # training.reward (+ grading.timeout_s from the rule)
+
+    train_ds = Dataset.from_list(load_prompts(train_path))
+    keep_matching_checkpoints(ckpt_dir, checkpoint_fingerprint(
+        cfg, model_path=model_path, train_path=train_path, use_cpu=use_cpu))
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=torch.float32 if use_cpu else torch.bfloat16)
+    peft_config = None
+    if cfg["lora"]["enabled"]:
+        check_targets(model, cfg["lora"]["target_modules"])
+        peft_config = lora_config(cfg["lora"])
+    args = grpo_args(cfg, ckpt_dir=ckpt_dir, use_cpu=use_cpu)
     trainer = GRPOTrainer(model=model, reward_funcs=trl_reward, args=args,
                           train_dataset=train_ds, processing_class=tokenizer,
                           peft_config=peft_config, callbacks=[step_logger(log_path), *(callbacks or [])])
