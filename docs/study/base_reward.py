@@ -1,8 +1,8 @@
 """The untrained aggregator's reward on the training prompts, with the confidence shown
 and without it: the same drawn rows of a study working directory, the prompts of the
-two runs (`confagg-grpo`, `agglm-grpo`), sampled as GRPO samples its groups (T = 1,
-top_p 1, `training.max_new_tokens` tokens, `training.group_size` completions a prompt)
-and scored by the reward function itself. It says how much a trainable signal each
+two runs (`confagg-grpo`, `agglm-grpo`), sampled as GRPO samples its groups (the study
+recipe's `training.temperature`, `max_new_tokens` and `group_size`, top_p 1) on the
+recipe's vLLM settings, and scored by the reward function itself. It says how much a trainable signal each
 run starts from.
 
     OMP_NUM_THREADS=1 .venv/bin/python docs/study/base_reward.py results/study-arith --rows 160
@@ -25,12 +25,11 @@ RUNS = {"with confidence": "confagg-grpo", "without (AggLM)": "agglm-grpo"}
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("workdir", type=Path)
-    ap.add_argument("--rows", type=int, default=200, help="rows drawn, half easy, seeded")
-    ap.add_argument("--group", type=int, default=4)
-    ap.add_argument("--tokens", type=int, default=16)
+    ap.add_argument("--rows", type=int, default=160, help="rows drawn, half easy, seeded")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
+    from confagg.config import load_config
     from confagg.generation import chat_prompts, make_engine
     from confagg.io import read_jsonl
     from confagg.reward import configure, score_response
@@ -49,12 +48,14 @@ def main():
     chosen = sorted(i for idx in by_kind.values()
                     for i in rng.sample(idx, min(len(idx), args.rows // 2)))
 
-    configure(require_boxed=False)  # the study's reward (training.reward.require_boxed)
-    llm = make_engine(str(args.workdir / "resources" / "models" / "smollm2-135m"),
-                      {"kv_cache_gib": 1.0, "max_model_len": 2048, "dtype": "float32",
-                       "enforce_eager": True}, seed=args.seed)
-    params = SamplingParams(n=args.group, temperature=1.0, top_p=1.0,
-                            max_tokens=args.tokens)
+    cfg = load_config(REPO / "config.yaml", REPO / "profiles/local/embedded.yaml",
+                      REPO / "profiles/study/study.yaml")
+    t = cfg["training"]
+    configure(require_boxed=t["reward"]["require_boxed"])
+    llm = make_engine(str(args.workdir / "resources" / "models" / "smollm2-135m"), cfg["vllm"],
+                      seed=args.seed)
+    params = SamplingParams(n=t["group_size"], temperature=t["temperature"], top_p=1.0,
+                            max_tokens=t["max_new_tokens"])
     for label, rows in prompts.items():
         texts = chat_prompts(llm.get_tokenizer(), [rows[i]["prompt"] for i in chosen], None, {})
         outs = llm.generate(texts, params, use_tqdm=False)
